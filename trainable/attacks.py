@@ -1,0 +1,137 @@
+"""Gradient attacks in ℓ∞, x in [0, 1] (Goodfellow et al. 2015; Madry et al. 2018; Carlini & Wagner 2017).
+
+Conventions (STYLE.md): budgets are keyword-only; attacks return x_adv, never δ;
+gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so no
+parameter collects a stray ``.grad``; the model runs in eval mode and its mode is
+restored in ``finally``. ``ATTACKS`` names every gradient attack the robustness
+matrix can run, with the paper's settings.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@contextmanager
+def preserve_mode(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
+    """Put `model` (and all submodules) in train/eval mode, restoring every module's own mode after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """C&W margin (κ = 0): max_{j≠y} z_j − z_y, per example. Positive ⇔ misclassified."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, y[:, None], float("-inf"))
+    return other.amax(1) - true
+
+
+def _loss(logits: Tensor, y: Tensor, kind: str) -> Tensor:
+    if kind == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    if kind == "cw":
+        return margin_loss(logits, y)
+    raise ValueError(f"unknown attack loss {kind!r}")
+
+
+def _project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+
+
+def _uniform_like(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu" if generator is not None else x.device)
+    return (noise.to(x.device) * 2 - 1) * eps
+
+
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, train_mode: bool = False) -> Tensor:
+    """Fast Gradient Sign Method (Goodfellow et al. 2015): one signed step of size ε on CE."""
+    with preserve_mode(model, train_mode):
+        x0 = x.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(model(x0), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, x0)
+    return (x.detach() + eps * g.sign()).clamp_(0.0, 1.0)
+
+
+def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: float, steps: int,
+        random_start: bool = True, loss: str = "ce", keep_best: bool = True,
+        early_stop: bool = True, train_mode: bool = False,
+        generator: torch.Generator | None = None) -> Tensor:
+    """ℓ∞ PGD (Madry et al. 2018) with signed steps. x in [0, 1]; returns x_adv, ‖x_adv − x‖∞ ≤ eps.
+
+    keep_best: return, per example, the strongest point seen (misclassified first, then
+    highest loss) instead of the last iterate. early_stop: stop attacking points that are
+    already misclassified (their outcome cannot change; saves work). For adversarial
+    training use ``keep_best=False, early_stop=False`` (the textbook last iterate).
+    ``loss="cw"`` gives our C&W: PGD on the C&W margin (κ = 0).
+    """
+    x = x.detach()
+    x_adv = _project(x + _uniform_like(x, eps, generator), x, eps) if random_start else x.clone()
+    best = x_adv.clone()
+    best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
+    best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    active = torch.arange(x.shape[0], device=x.device)
+    with preserve_mode(model, train_mode):
+        for i in range(steps + 1):
+            xa = x_adv[active].requires_grad_(i < steps)
+            ya = y[active]
+            with torch.enable_grad() if i < steps else torch.no_grad():
+                logits = model(xa)
+                per_ex = _loss(logits, ya, loss)
+                if keep_best or early_stop:
+                    with torch.no_grad():
+                        fooled = logits.argmax(1) != ya
+                        # score: fooled points rank above any unfooled one, then by loss
+                        score = per_ex.detach() + fooled.float() * 1e6
+                        better = score > best_score[active]
+                        best_score[active] = torch.where(better, score, best_score[active])
+                        best_fooled[active] |= fooled
+                        upd = active[better]
+                        best[upd] = xa.detach()[better]
+                if i == steps:
+                    break
+                (g,) = torch.autograd.grad(per_ex.sum(), xa)
+            with torch.no_grad():
+                new = _project(xa.detach() + step * g.sign(), x[active], eps)
+                x_adv[active] = new
+                if early_stop:
+                    keep = ~fooled
+                    if not bool(keep.all()):
+                        active = active[keep]
+                        if active.numel() == 0:
+                            break
+    return best if keep_best else x_adv
+
+
+AttackFn = Callable[..., Tensor]
+
+
+def _fgsm_col(model, x, y, *, eps, generator=None):
+    return fgsm(model, x, y, eps=eps)
+
+
+def _pgd_col(steps: int, step_div: float, loss: str) -> AttackFn:
+    def run(model, x, y, *, eps, generator=None):
+        return pgd(model, x, y, eps=eps, step=eps / step_div, steps=steps, loss=loss, generator=generator)
+
+    return run
+
+
+# name → (fn(model, x, y, *, eps, generator) -> x_adv, budget description for the profile)
+ATTACKS: dict[str, tuple[AttackFn, dict]] = {
+    "fgsm": (_fgsm_col, {"steps": 1, "step": "eps", "loss": "ce", "random_start": False}),
+    "pgd10": (_pgd_col(10, 4, "ce"), {"steps": 10, "step": "eps/4", "loss": "ce", "random_start": True, "keep_best": True}),
+    "pgd100": (_pgd_col(100, 12, "ce"), {"steps": 100, "step": "eps/12", "loss": "ce", "random_start": True, "keep_best": True}),
+    "cw100": (_pgd_col(100, 12, "cw"), {"steps": 100, "step": "eps/12", "loss": "cw_margin_k0", "random_start": True, "keep_best": True}),
+    "cw1000": (_pgd_col(1000, 12, "cw"), {"steps": 1000, "step": "eps/12", "loss": "cw_margin_k0", "random_start": True, "keep_best": True}),
+}

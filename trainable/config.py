@@ -1,0 +1,268 @@
+"""One frozen, validated configuration per trial (DESIGN §2, STYLE "one frozen dataclass").
+
+Every trial — whether it runs under Ray Tune or in a plain Python process — is fully
+described by a :class:`TrialConfig`. ``TrialConfig.from_dict`` rejects unknown keys and
+wrong types with a one-line :class:`ConfigError` that names the key, so a typo in a
+search space fails before any compute is spent. Dataset-dependent defaults (ε, λ, the
+classifier) are resolved once, in :meth:`TrialConfig.resolved`, from ``DATASET_DEFAULTS``
+(DESIGN §3 settings table).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from typing import Any, Mapping
+
+DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10")
+MODELS = ("lenet5", "resnet20")
+DEFENSES = ("plain", "fgsm_at", "pgd10_at", "pgd100_at", "cw100_at", "l2l_star", "l2lda")
+GENERATOR_DEFENSES = ("l2l_star", "l2lda")
+
+# DESIGN §3: settings from the paper and the authors' code; Fashion-MNIST takes ε = 0.1.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist5k": {"eps": 0.3, "lam": 0.02, "model": "lenet5"},
+    "mnist": {"eps": 0.3, "lam": 0.02, "model": "lenet5"},
+    "fashion_mnist": {"eps": 0.1, "lam": 0.02, "model": "lenet5"},
+    "cifar10": {"eps": 8 / 255, "lam": 0.5, "model": "resnet20"},
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message is one line naming the key."""
+
+
+def parse_budget(value: Any, key: str = "eps") -> float:
+    """Parse a pixel-space budget given as a number or a fraction string such as ``"8/255"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number or a fraction like '8/255', got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9.eE+-]+\s*(/\s*[0-9.eE+-]+\s*)?", value):
+        try:
+            return float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError) as exc:
+            raise ConfigError(f"{key}: cannot parse {value!r} as a budget ({exc})") from None
+    raise ConfigError(f"{key}: expected a number or a fraction like '8/255', got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs. Budgets are in [0, 1] pixel space (ℓ∞)."""
+
+    # --- data ---
+    dataset: str = "mnist5k"
+    data_root: str = "data"
+    download: bool = False
+    augment: bool = True
+    # --- classifier and defense ---
+    model: str | None = None  # None → dataset default (LeNet-5 / ResNet-20)
+    defense: str = "l2lda"
+    eps: float | None = None  # None → dataset default (0.3 / 0.1 / 8/255)
+    eps_step_frac: float = 0.25  # ε_step = eps_step_frac · ε (paper: ε/4)
+    # --- L2L-DA generator (DESIGN §3) ---
+    T: int = 10
+    lam: float | None = None  # None → dataset default (0.02 MNIST, 0.5 CIFAR-10)
+    recursive: bool = True
+    diversity: bool = True
+    use_delta: bool = True
+    use_label: bool = True
+    grad_norm: bool = True
+    z_dim: int = 8
+    gen_width: int = 64
+    # --- optimisation ---
+    batch_size: int = 100
+    iterations: int = 100_000  # adversarial iterations after warm-up
+    warmup: int = 1000  # clean warm-up iterations of the classifier
+    lr: float = 0.01
+    gen_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    lr_decay_at: float = 0.5  # classifier LR ×0.1 at this fraction of `iterations`
+    grad_clip: float = 1.0
+    seed: int = 0
+    # --- execution ---
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch threads; 0 → the CPU share given by the scheduler (or 1)
+    gpu_fraction: float = 0.0  # caps CUDA memory to this share when in (0, 1)
+    channels_last: bool = False  # GPU only
+    amp: bool = False  # bf16 autocast, GPU only
+    # --- reporting and evaluation ---
+    steps_per_report: int = 100  # iterations per Tune step()
+    val_subset: int = 200  # fixed validation points for val/ metrics
+    val_columns: tuple[str, ...] = ("natural", "pgd10")
+    eval_columns: tuple[str, ...] = ("natural", "fgsm", "pgd10", "pgd100", "cw100")
+    test_subset: int = 0  # 0 → the whole test split
+    eval_batch_size: int = 500
+    gen_attack_steps: int = 300  # fine-tune steps of generator columns (authors: 48k)
+    gen_attack_samples: int = 10  # z draws per example for the l2lda column
+    gen_attack_width: int = 0  # 0 → gen_width; width of generators trained for columns
+    square_queries: int = 5000
+    transfer_iterations: int = 0  # 0 → surrogate training length from `iterations`
+    cache_dir: str = ".cache/l2lda-tune"
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrialConfig:
+        """Build a config from a flat mapping; unknown keys and wrong types raise ConfigError."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"config: expected a mapping, got {type(d).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown config key (known: {', '.join(sorted(known))})")
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: _coerce(k, v, hints[k]) for k, v in d.items()}
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return TrialConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def flat(self, prefix: str = "") -> dict[str, str]:
+        """Dotted string params for MLflow (lists joined by commas)."""
+        out = {}
+        for k, v in self.to_dict().items():
+            out[f"{prefix}{k}"] = ",".join(map(str, v)) if isinstance(v, list) else str(v)
+        return out
+
+    # --------------------------------------------------------------- derived
+    def resolved(self) -> TrialConfig:
+        """Fill the dataset defaults (model, ε, λ); idempotent."""
+        dd = DATASET_DEFAULTS[self.dataset]
+        return dataclasses.replace(
+            self,
+            model=self.model or dd["model"],
+            eps=self.eps if self.eps is not None else dd["eps"],
+            lam=self.lam if self.lam is not None else dd["lam"],
+        )
+
+    @property
+    def eps_value(self) -> float:
+        return self.eps if self.eps is not None else DATASET_DEFAULTS[self.dataset]["eps"]
+
+    @property
+    def eps_step(self) -> float:
+        return self.eps_step_frac * self.eps_value
+
+    @property
+    def lam_value(self) -> float:
+        """λ actually used: 0 when the diversity ablation flag is off."""
+        if not self.diversity:
+            return 0.0
+        return self.lam if self.lam is not None else DATASET_DEFAULTS[self.dataset]["lam"]
+
+    @property
+    def model_name(self) -> str:
+        return self.model or DATASET_DEFAULTS[self.dataset]["model"]
+
+    @property
+    def gen_steps(self) -> int:
+        """Recursion length: one-shot generation when `recursive` is off (DESIGN §3)."""
+        return self.T if self.recursive else 1
+
+    @property
+    def total_iterations(self) -> int:
+        return self.warmup + self.iterations
+
+    def validate(self) -> None:
+        def need(cond: bool, key: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{key}: {msg}")
+
+        need(self.dataset in DATASETS, "dataset", f"unknown dataset {self.dataset!r} (choose from {', '.join(DATASETS)})")
+        need(self.model is None or self.model in MODELS, "model", f"unknown model {self.model!r} (choose from {', '.join(MODELS)})")
+        need(self.defense in DEFENSES, "defense", f"unknown defense {self.defense!r} (choose from {', '.join(DEFENSES)})")
+        if self.eps is not None:
+            need(0 < self.eps <= 1 and math.isfinite(self.eps), "eps", f"must be in (0, 1], got {self.eps}")
+        need(0 < self.eps_step_frac <= 1, "eps_step_frac", f"must be in (0, 1], got {self.eps_step_frac}")
+        need(self.T >= 1, "T", f"must be >= 1, got {self.T}")
+        if self.lam is not None:
+            need(self.lam >= 0 and math.isfinite(self.lam), "lam", f"must be >= 0, got {self.lam}")
+        need(self.z_dim >= 1, "z_dim", f"must be >= 1, got {self.z_dim}")
+        need(self.gen_width >= 4, "gen_width", f"must be >= 4, got {self.gen_width}")
+        need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        need(self.iterations >= 0, "iterations", f"must be >= 0, got {self.iterations}")
+        need(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
+        for k in ("lr", "gen_lr"):
+            v = getattr(self, k)
+            need(v > 0 and math.isfinite(v), k, f"must be > 0, got {v}")
+        need(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        need(0 <= self.lr_decay_at <= 1, "lr_decay_at", f"must be in [0, 1], got {self.lr_decay_at}")
+        need(self.grad_clip > 0, "grad_clip", f"must be > 0, got {self.grad_clip}")
+        need(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
+        need(0 <= self.gpu_fraction, "gpu_fraction", f"must be >= 0, got {self.gpu_fraction}")
+        need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "device", f"unknown device {self.device!r}")
+        need(self.steps_per_report >= 1, "steps_per_report", f"must be >= 1, got {self.steps_per_report}")
+        need(self.val_subset >= 1, "val_subset", f"must be >= 1, got {self.val_subset}")
+        need(self.test_subset >= 0, "test_subset", f"must be >= 0, got {self.test_subset}")
+        need(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        need(self.gen_attack_steps >= 0, "gen_attack_steps", f"must be >= 0, got {self.gen_attack_steps}")
+        need(self.gen_attack_samples >= 1, "gen_attack_samples", f"must be >= 1, got {self.gen_attack_samples}")
+        need(self.square_queries >= 1, "square_queries", f"must be >= 1, got {self.square_queries}")
+        need(len(self.eval_columns) >= 1, "eval_columns", "must name at least one column")
+        need(len(set(self.eval_columns)) == len(self.eval_columns), "eval_columns", "has a duplicate column")
+        # Column names are checked against the evaluation registry lazily (it imports torch).
+        from trainable.evaluation import known_columns
+
+        cols = known_columns()
+        for key in ("eval_columns", "val_columns"):
+            for c in getattr(self, key):
+                need(c in cols, key, f"unknown attack column {c!r} (choose from {', '.join(cols)})")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check/convert one value against its annotation; YAML gives ints where floats are meant."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(key, v, args[0]) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if key in ("eps",):
+            return parse_budget(value, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(TrialConfig)]

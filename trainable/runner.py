@@ -1,0 +1,313 @@
+"""The plain-Python experiment runner: one trial from a TrialConfig, no Ray needed.
+
+``Experiment`` owns everything a trial's state consists of — classifier, defense
+(and its generator), both optimisers, the batch sampler, every RNG — so a checkpoint
+restores it bit for bit on the CPU. :meth:`Experiment.step` is what Ray Tune's
+``Trainable.step`` calls: ``steps_per_report`` iterations, then cheap validation
+metrics on a fixed validation subset; the step that finishes training also returns
+the test robustness matrix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trainable import __version__
+from trainable.checkpoint import CheckpointError, load_module_state, load_state, save_state
+from trainable.config import TrialConfig
+from trainable.data import BatchSampler, augment, fixed_subset, load_dataset
+from trainable.defenses import build_defense
+from trainable.evaluation import EvalContext, MatrixResult, robustness_matrix
+from trainable.models import build_classifier
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss; the trial must stop (status ERROR, reason tagged)."""
+
+
+def cpu_share() -> int:
+    """Threads this process may use: OMP_NUM_THREADS if a scheduler set it, else the affinity mask."""
+    env = os.environ.get("OMP_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def set_threads(n: int) -> int:
+    """Set torch's intra-op threads to this process's CPU share (oversubscription is slower, DESIGN §8)."""
+    n = max(1, int(n) or cpu_share())
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def resolve_device(cfg: TrialConfig) -> torch.device:
+    if cfg.device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(cfg.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device: {cfg.device!r} requested but CUDA is not available on this node")
+    if dev.type == "cuda" and 0 < cfg.gpu_fraction < 1:
+        # A fractional trial keeps to its share of the card (DESIGN §8).
+        torch.cuda.set_per_process_memory_fraction(cfg.gpu_fraction, dev.index or 0)
+    return dev
+
+
+def _warmup_key(cfg: TrialConfig) -> str:
+    keys = ("dataset", "model", "seed", "warmup", "batch_size", "lr", "momentum", "weight_decay", "augment", "grad_clip")
+    blob = json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Experiment:
+    """One trial: build from a config, train, validate, evaluate, checkpoint."""
+
+    def __init__(self, cfg: TrialConfig, log: Callable[[str], None] | None = None, use_cache: bool = True) -> None:
+        self.cfg = cfg = cfg.resolved()
+        self.log = log or (lambda msg: None)
+        self.threads = set_threads(cfg.threads)
+        self.device = resolve_device(cfg)
+        self.data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, self.device)
+        shape, ncls = self.data.shape, self.data.num_classes
+        torch.manual_seed(cfg.seed)
+        self.classifier = build_classifier(cfg.model, cfg.dataset, shape[0]).to(self.device)
+        if cfg.channels_last and self.device.type == "cuda":
+            self.classifier = self.classifier.to(memory_format=torch.channels_last)
+        self.clf_opt = torch.optim.SGD(self.classifier.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay)
+        self.sampler = BatchSampler(len(self.data.train_y), cfg.batch_size, cfg.seed)
+        self.aug_rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.iteration = 0
+        self.val_idx = torch.as_tensor(fixed_subset(len(self.data.val_y), cfg.val_subset), device=self.device)
+        self.test_idx = fixed_subset(len(self.data.test_y), cfg.test_subset)
+        self.history: list[dict[str, float]] = []
+        self.train_time = 0.0
+        self._use_cache = use_cache
+        if use_cache and cfg.warmup > 0 and cfg.defense != "plain":
+            self._load_warmup_cache()
+        # The defense (and its generator) is built from its own seed, so a cached warm-up
+        # and a computed one leave the same RNG state behind.
+        torch.manual_seed(cfg.seed + 2)
+        self.defense = build_defense(cfg, self.classifier, shape, ncls, self.device)
+
+    # ------------------------------------------------------------ warm-up cache
+    def _warmup_path(self) -> Path:
+        return Path(self.cfg.cache_dir).expanduser() / "warmup" / f"{self.cfg.dataset}-{self.cfg.model}-{_warmup_key(self.cfg)}.pt"
+
+    def _load_warmup_cache(self) -> None:
+        p = self._warmup_path()
+        if not p.is_file():
+            return
+        try:
+            st = torch.load(p, map_location=self.device, weights_only=True)
+            self.classifier.load_state_dict(st["classifier"])
+            self.clf_opt.load_state_dict(st["clf_opt"])
+            self.sampler.load_state_dict(st["sampler"])
+            self.aug_rng.set_state(st["aug_rng"])
+            self.iteration = int(st["iteration"])
+            self.log(f"warm-up: loaded {self.iteration} clean iterations from {p}")
+        except Exception as exc:  # a bad cache entry is recomputed, never trusted
+            self.log(f"warm-up cache {p} unusable ({type(exc).__name__}); recomputing")
+            self.iteration = 0
+
+    def _save_warmup_cache(self) -> None:
+        p = self._warmup_path()
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_suffix(f".{os.getpid()}.tmp")
+            torch.save({"classifier": self.classifier.state_dict(), "clf_opt": self.clf_opt.state_dict(),
+                        "sampler": self.sampler.state_dict(), "aug_rng": self.aug_rng.get_state(),
+                        "iteration": self.iteration}, tmp)
+            os.replace(tmp, p)
+        except OSError as exc:
+            self.log(f"warm-up cache not written ({exc})")
+
+    # ------------------------------------------------------------------ train
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.cfg.total_iterations
+
+    def lr_at(self, it: int) -> float:
+        decay_at = self.cfg.warmup + self.cfg.lr_decay_at * self.cfg.iterations
+        return self.cfg.lr * (0.1 if self.cfg.iterations > 0 and it >= decay_at else 1.0)
+
+    def train(self, n: int) -> dict[str, float]:
+        """Run up to `n` iterations; returns the mean of each train metric (one host sync)."""
+        cfg = self.cfg
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        t0 = time.perf_counter()
+        done = 0
+        for _ in range(n):
+            if self.done:
+                break
+            it = self.iteration
+            idx = self.sampler.next().to(self.device)
+            x, y = self.data.train_x[idx], self.data.train_y[idx]
+            if cfg.augment:
+                x = augment(x, cfg.dataset, self.aug_rng)
+            adversarial = it >= cfg.warmup and cfg.defense != "plain"
+            if adversarial:
+                xt, yt, m = self.defense.batch(x, y, it)
+            else:
+                xt, yt, m = x, y, {}
+            for g in self.clf_opt.param_groups:
+                g["lr"] = self.lr_at(it)
+            self.classifier.train()
+            logits = self.classifier(xt)
+            loss = F.cross_entropy(logits, yt)
+            self.clf_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.classifier.parameters(), cfg.grad_clip)
+            self.clf_opt.step()
+            with torch.no_grad():
+                m = dict(m)
+                m["train/loss"] = loss.detach()
+                n_clean = len(y)
+                m["train/acc_clean"] = (logits[:n_clean].argmax(1) == y).float().mean()
+                if adversarial and len(yt) > n_clean:
+                    m["train/acc_adv"] = (logits[n_clean:].argmax(1) == yt[n_clean:]).float().mean()
+                for k, v in m.items():
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                    counts[k] = counts.get(k, 0) + 1
+            self.iteration += 1
+            done += 1
+            if self.iteration == cfg.warmup and cfg.defense != "plain" and self._use_cache:
+                self._save_warmup_cache()
+        elapsed = time.perf_counter() - t0
+        self.train_time += elapsed
+        out = {k: float(v) / counts[k] for k, v in sums.items()}  # the one host sync per report
+        if any(not math.isfinite(v) for v in out.values()):
+            bad = next(k for k, v in out.items() if not math.isfinite(v))
+            raise DivergenceError(f"{bad} became {out[bad]} by iteration {self.iteration}")
+        out["iteration"] = float(self.iteration)
+        out["time/iter_s"] = elapsed / max(done, 1)
+        out["time/samples_per_s"] = done * cfg.batch_size / elapsed if elapsed > 0 else 0.0
+        out["train/lr"] = self.lr_at(max(self.iteration - 1, 0))
+        return out
+
+    # --------------------------------------------------------------- evaluate
+    def _ctx(self) -> EvalContext:
+        return EvalContext(cfg=self.cfg, data=self.data, device=self.device, generator=self.defense.generator,
+                           seed=self.cfg.seed, log=self.log)
+
+    def validate(self) -> dict[str, float]:
+        """Natural and cheap-attack accuracy on the fixed validation subset (what selection reads)."""
+        x, y = self.data.val_x[self.val_idx], self.data.val_y[self.val_idx]
+        res = robustness_matrix(self.classifier, x, y, columns=self.cfg.val_columns, eps=self.cfg.eps,
+                                ctx=self._ctx(), batch_size=self.cfg.eval_batch_size)
+        out = {}
+        for k, v in res.metrics.items():
+            if k.startswith("matrix/") and k != "matrix/min":
+                out["val/" + k.split("/", 1)[1]] = v
+        return out
+
+    def robustness_matrix(self, columns: tuple[str, ...] | None = None) -> MatrixResult:
+        """The test robustness matrix on the fixed test indices (never an objective)."""
+        idx = torch.as_tensor(self.test_idx, device=self.device)
+        x, y = self.data.test_x[idx], self.data.test_y[idx]
+        res = robustness_matrix(self.classifier, x, y, columns=columns or self.cfg.eval_columns, eps=self.cfg.eps,
+                                ctx=self._ctx(), indices=self.test_idx, batch_size=self.cfg.eval_batch_size)
+        res.profile["split"] = "test"
+        res.profile["dataset"] = self.cfg.dataset
+        res.profile.update({k: getattr(self.cfg, k) for k in ("gen_attack_steps", "gen_attack_samples", "square_queries")})
+        return res
+
+    def step(self) -> dict[str, Any]:
+        """One reporting step: train, validate; the finishing step adds the robustness matrix."""
+        out: dict[str, Any] = self.train(self.cfg.steps_per_report)
+        out.update(self.validate())
+        self.history.append({k: v for k, v in out.items() if isinstance(v, float)})
+        if self.done:
+            t0 = time.perf_counter()
+            res = self.robustness_matrix()
+            out.update(res.metrics)
+            out["time/matrix_s"] = time.perf_counter() - t0
+            out["matrix"] = res.to_dict()
+            out["done"] = True
+        out["time/train_total_s"] = self.train_time
+        return out
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "aug": self.aug_rng.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "classifier": self.classifier.state_dict(),
+            "clf_opt": self.clf_opt.state_dict(),
+            "defense": self.defense.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng,
+            "iteration": self.iteration,
+            "train_time": self.train_time,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        load_module_state(self.classifier, state["classifier"], "classifier")
+        self.clf_opt.load_state_dict(state["clf_opt"])
+        self.defense.load_state_dict(state["defense"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.aug_rng.set_state(state["rng"]["aug"].cpu())
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        self.iteration = int(state["iteration"])
+        self.train_time = float(state.get("train_time", 0.0))
+
+    def save(self, directory: str | os.PathLike) -> None:
+        meta = {"iteration": self.iteration, "dataset": self.cfg.dataset, "model": self.cfg.model,
+                "defense": self.cfg.defense, "version": __version__, "history": self.history}
+        save_state(directory, self.state_dict(), self.cfg.to_dict(), meta)
+
+    def restore(self, directory: str | os.PathLike) -> None:
+        state, config, meta = load_state(directory, map_location=self.device)
+        for key in ("dataset", "model", "defense"):
+            if meta.get(key) != getattr(self.cfg, key):
+                raise CheckpointError(f"{directory}: checkpoint is for {key}={meta.get(key)!r}, "
+                                      f"this trial has {key}={getattr(self.cfg, key)!r}")
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{directory}: incomplete checkpoint state ({type(exc).__name__}: {exc})") from None
+        self.history = list(meta.get("history", []))
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike, log: Callable[[str], None] | None = None,
+                        **overrides: Any) -> Experiment:
+        _, config, _ = load_state(directory)  # validates the files before building anything
+        cfg = TrialConfig.from_dict({**config, **overrides})
+        exp = cls(cfg, log=log, use_cache=False)
+        exp.restore(directory)
+        return exp
+
+
+def run(cfg: TrialConfig, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Train one trial to the end in this process and return its last report (with the matrix)."""
+    exp = Experiment(cfg, log=log)
+    last: dict[str, Any] = {}
+    while not exp.done:
+        last = exp.step()
+        if log:
+            shown = {k: round(v, 4) for k, v in last.items() if k.startswith(("val/", "train/loss"))}
+            log(f"it {exp.iteration}/{exp.cfg.total_iterations} {shown} {last['time/iter_s'] * 1e3:.1f} ms/it")
+    if not last:  # nothing to train (iterations 0 and warm-up cached): still evaluate
+        last = {**exp.validate()}
+        res = exp.robustness_matrix()
+        last.update(res.metrics)
+        last["matrix"] = res.to_dict()
+    return last
