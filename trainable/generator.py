@@ -1,0 +1,272 @@
+"""The L2L-DA generator and its recursive stochastic attack (DESIGN §3; paper Eq. 5, Fig. 3).
+
+Images are in [0, 1] pixel space (normalisation lives inside the classifier), budgets
+are ℓ∞ in the same space. The generator g_φ(x, y, z, δ, ĝ) is a small U-Net with
+class-conditional batch norm; :func:`recursive_attack` unrolls Eq. 5
+
+    δ(0) = 0,  δ(t+1) = clip(δ(t) + ε_step · g_φ(x, y, z, δ(t), ĝ(t)), −ε, ε),
+    x_adv(t+1) = clip(x + δ(t+1), 0, 1),
+
+with ĝ(t) the classifier's input gradient at x_adv(t), recomputed at every step.
+The L2L* baseline (Chen et al.) is the same U-Net on [x, ∇L(x)] without z, y or δ.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainable.attacks import preserve_mode
+
+GRAD_STABILISER = 1e-15  # DESIGN §3: ‖g + 1e-15‖₂, so a saturated CE (zero gradient) gives 0, not NaN
+
+
+def _init_weights(module: nn.Module) -> None:
+    """DCGAN-style N(0, 0.02) for every conv / linear weight (the authors' init)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class CondBatchNorm2d(nn.Module):
+    """Class-conditional batch norm: γ = γ_shared + γ[y], β = β_shared + β[y] (DESIGN §3).
+
+    γ_shared ~ N(1, 0.02), γ[y] ~ N(0, 0.02), every β = 0 at init.
+    """
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gamma_shared = nn.Parameter(torch.empty(channels).normal_(1.0, 0.02))
+        self.beta_shared = nn.Parameter(torch.zeros(channels))
+        self.gamma = nn.Embedding(num_classes, channels)
+        self.beta = nn.Embedding(num_classes, channels)
+        nn.init.normal_(self.gamma.weight, 0.0, 0.02)
+        nn.init.zeros_(self.beta.weight)
+
+    def forward(self, h: Tensor, y: Tensor) -> Tensor:
+        g = (self.gamma_shared + self.gamma(y))[:, :, None, None]
+        b = (self.beta_shared + self.beta(y))[:, :, None, None]
+        return self.bn(h) * g + b
+
+
+class PlainBatchNorm2d(nn.Module):
+    """Unconditional batch norm (the `use_label` ablation and L2L*), γ ~ N(1, 0.02), β = 0."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+        nn.init.normal_(self.bn.weight, 1.0, 0.02)
+        nn.init.zeros_(self.bn.bias)
+
+    def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.bn(h)
+
+
+class UNet(nn.Module):
+    """The U-Net body of DESIGN §3, for any C×H×W with H, W divisible by 4 (28×28 → 14 → 7, 32×32 → 16 → 8).
+
+    down0 conv3×3 s1 → w, LReLU 0.2 | down1 conv4×4 s2 → w, BN, LReLU | down2 conv4×4 s2 → 2w, LReLU
+    up2 convT4×4 s2 → w, BN, ReLU, ⊕down1 | up1 convT4×4 s2 → w, BN, ReLU, ⊕down0 | out conv3×3 → C, tanh.
+    All convs bias-free. With ``z_dim > 0``, z → MLP(z_dim→8→8) is tiled and concatenated to the
+    inputs of down0, down1 and down2. BN is class-conditional when ``num_classes`` is given.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 64, z_dim: int = 0,
+                 num_classes: int | None = None) -> None:
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"width: must be >= 1, got {width}")
+        w, zc = width, (8 if z_dim > 0 else 0)
+        self.z_dim, self.zc = z_dim, zc
+        self.z_mlp = nn.Sequential(nn.Linear(z_dim, 8), nn.ReLU(), nn.Linear(8, 8)) if z_dim > 0 else None
+        self.down0 = nn.Conv2d(in_channels + zc, w, 3, 1, 1, bias=False)
+        self.down1 = nn.Conv2d(w + zc, w, 4, 2, 1, bias=False)
+        self.down2 = nn.Conv2d(w + zc, 2 * w, 4, 2, 1, bias=False)
+        self.up2 = nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False)
+        self.up1 = nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False)
+        self.out = nn.Conv2d(2 * w, out_channels, 3, 1, 1, bias=False)
+        norm = (lambda c: CondBatchNorm2d(c, num_classes)) if num_classes else PlainBatchNorm2d
+        self.norm1, self.norm_up2, self.norm_up1 = norm(w), norm(w), norm(w)
+        _init_weights(self)
+
+    @staticmethod
+    def _tile(h: Tensor, zf: Tensor | None) -> Tensor:
+        if zf is None:
+            return h
+        return torch.cat([h, zf[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])], 1)
+
+    def body(self, inp: Tensor, z: Tensor | None = None, y: Tensor | None = None) -> Tensor:
+        if inp.shape[2] % 4 or inp.shape[3] % 4:
+            raise ValueError(f"generator input: spatial size must be divisible by 4, got {tuple(inp.shape[2:])}")
+        zf = self.z_mlp(z) if self.z_mlp is not None else None
+        d0 = F.leaky_relu(self.down0(self._tile(inp, zf)), 0.2)
+        d1 = F.leaky_relu(self.norm1(self.down1(self._tile(d0, zf)), y), 0.2)
+        d2 = F.leaky_relu(self.down2(self._tile(d1, zf)), 0.2)
+        u2 = torch.cat([F.relu(self.norm_up2(self.up2(d2), y)), d1], 1)
+        u1 = torch.cat([F.relu(self.norm_up1(self.up1(u2), y)), d0], 1)
+        return torch.tanh(self.out(u1))
+
+
+class Generator(UNet):
+    """L2L-DA generator g_φ(x, y, z, δ, ĝ) → direction in [−1, 1]^{C×H×W} (DESIGN §3).
+
+    Inputs: x in [0, 1] (N, C, H, W); ĝ the (normalised) input gradient; δ the current
+    perturbation (only when ``use_delta``); z ~ N(0, I) of dim ``z_dim``; y labels (only
+    when ``use_label``: class-conditional BN, else plain BN). ``grad_norm`` says whether
+    :func:`input_gradient` normalises ĝ for this generator.
+    """
+
+    kind = "l2lda"
+
+    def __init__(self, shape: Sequence[int], num_classes: int = 10, *, width: int = 64, z_dim: int = 8,
+                 use_delta: bool = True, use_label: bool = True, grad_norm: bool = True) -> None:
+        c = int(shape[0])
+        if z_dim < 1:
+            raise ValueError(f"z_dim: must be >= 1 for the L2L-DA generator, got {z_dim}")
+        super().__init__(c * (3 if use_delta else 2), c, width, z_dim, num_classes if use_label else None)
+        self.shape, self.num_classes, self.width = tuple(int(s) for s in shape), num_classes, width
+        self.use_delta, self.use_label, self.grad_norm = use_delta, use_label, grad_norm
+
+    def forward(self, x: Tensor, grad: Tensor, delta: Tensor | None, z: Tensor, y: Tensor | None = None) -> Tensor:
+        parts = [x, grad, delta] if self.use_delta else [x, grad]
+        if self.use_delta and delta is None:
+            raise ValueError("generator: use_delta is on but no δ was given")
+        if self.use_label and y is None:
+            raise ValueError("generator: use_label is on but no labels y were given")
+        return self.body(torch.cat(parts, 1), z, y if self.use_label else None)
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "shape": list(self.shape), "num_classes": self.num_classes, "width": self.width,
+                "z_dim": self.z_dim, "use_delta": self.use_delta, "use_label": self.use_label,
+                "grad_norm": self.grad_norm}
+
+
+class L2LStarGenerator(UNet):
+    """L2L* (Chen et al.): one-shot generator on [x, ∇L(x)], no z, no y, no δ, plain BN."""
+
+    kind = "l2l_star"
+
+    def __init__(self, shape: Sequence[int], *, width: int = 64, grad_norm: bool = True) -> None:
+        c = int(shape[0])
+        super().__init__(2 * c, c, width, 0, None)
+        self.shape, self.width, self.grad_norm = tuple(int(s) for s in shape), width, grad_norm
+
+    def forward(self, x: Tensor, grad: Tensor) -> Tensor:
+        return self.body(torch.cat([x, grad], 1))
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "shape": list(self.shape), "width": self.width, "grad_norm": self.grad_norm}
+
+
+def build_generator(cfg, shape: Sequence[int], num_classes: int, *, width: int | None = None) -> nn.Module:
+    """The generator a TrialConfig asks for (L2L* for defense l2l_star, else L2L-DA with the ablation flags)."""
+    w = width or cfg.gen_width
+    if cfg.defense == "l2l_star":
+        return L2LStarGenerator(shape, width=w, grad_norm=cfg.grad_norm)
+    return Generator(shape, num_classes, width=w, z_dim=cfg.z_dim, use_delta=cfg.use_delta,
+                     use_label=cfg.use_label, grad_norm=cfg.grad_norm)
+
+
+def normalize_grad(g: Tensor) -> Tensor:
+    """Per-sample, per-channel ℓ2 normalisation over the spatial dims: g / ‖g + 1e-15‖₂ (DESIGN §3)."""
+    return g / (g + GRAD_STABILISER).flatten(2).norm(dim=2)[:, :, None, None]
+
+
+def input_gradient(classifier: nn.Module, x_adv: Tensor, y: Tensor, normalize: bool = True) -> Tensor:
+    """ĝ = ∇ₓ CE(f(x_adv), y), classifier in eval mode, detached (x_adv in [0, 1]).
+
+    Summed CE, so each example's gradient does not shrink with the batch size (what the
+    raw-gradient ablation feeds the generator). Only the input gets a gradient: no
+    classifier parameter collects a ``.grad``.
+    """
+    with preserve_mode(classifier, False), torch.enable_grad():
+        xa = x_adv.detach().requires_grad_(True)
+        loss = F.cross_entropy(classifier(xa), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, xa)
+    return normalize_grad(g) if normalize else g
+
+
+def _grad_at(classifier: nn.Module, x_adv: Tensor, y: Tensor, normalize: bool,
+             keep_graph: bool) -> tuple[Tensor, Tensor]:
+    """CE per example at x_adv (graph kept when x_adv carries one) and the detached input gradient there.
+
+    One classifier forward serves both the loss L_cls(t) and ĝ(t) of the next step. The
+    classifier must already be in eval mode.
+    """
+    if keep_graph and x_adv.requires_grad:
+        ce = F.cross_entropy(classifier(x_adv), y, reduction="none")
+        (g,) = torch.autograd.grad(ce.sum(), x_adv, retain_graph=True)
+    else:
+        with torch.enable_grad():
+            xa = x_adv.detach().requires_grad_(True)
+            ce = F.cross_entropy(classifier(xa), y, reduction="none")
+            (g,) = torch.autograd.grad(ce.sum(), xa)
+        ce = ce.detach()
+    g = g.detach()
+    return ce, (normalize_grad(g) if normalize else g)
+
+
+def rollout(generator: nn.Module, classifier: nn.Module, x: Tensor, y: Tensor, z: Tensor | None, *, eps: float,
+            eps_step: float, steps: int, differentiable: bool,
+            with_losses: bool = False) -> tuple[list[Tensor], list[Tensor]]:
+    """Eq. 5 unrolled for `steps` steps; returns ([x_adv(1..T)], [CE per example at x_adv(1..T)]).
+
+    differentiable=True: the graph runs through δ over the whole recursion (generator
+    training; the caller sets the generator's mode). False: everything detached, the
+    generator in eval mode (attacking). The classifier is always in eval mode and gets no
+    parameter gradient here. One-shot generation (steps = 1) steps by ε, not ε_step.
+    CE values are returned only when ``with_losses`` (the last step's needs one more forward).
+    """
+    if steps < 1:
+        raise ValueError(f"steps: must be >= 1, got {steps}")
+    if not 0 < eps <= 1:
+        raise ValueError(f"eps: must be in (0, 1], got {eps}")
+    step = eps if steps == 1 else eps_step
+    x = x.detach()
+    star = isinstance(generator, L2LStarGenerator)
+    normalize = bool(getattr(generator, "grad_norm", True))
+    delta = torch.zeros_like(x)
+    x_adv = x
+    advs: list[Tensor] = []
+    losses: list[Tensor] = []
+    with preserve_mode(classifier, False), preserve_mode(generator, generator.training if differentiable else False):
+        for t in range(steps):
+            ce, g = _grad_at(classifier, x_adv, y, normalize, differentiable and with_losses)
+            if t > 0 and with_losses:
+                losses.append(ce)
+            with torch.set_grad_enabled(differentiable):
+                out = generator(x, g) if star else generator(x, g, delta, z, y)
+                delta = torch.clamp(delta + step * out, -eps, eps)
+                x_adv = torch.clamp(x + delta, 0.0, 1.0)
+            advs.append(x_adv)
+        if with_losses:
+            with torch.set_grad_enabled(differentiable):
+                logits = classifier(x_adv)
+            losses.append(F.cross_entropy(logits, y, reduction="none"))
+    return advs, losses
+
+
+def recursive_attack(generator: nn.Module, classifier: nn.Module, x: Tensor, y: Tensor, z: Tensor | None, *,
+                     eps: float, eps_step: float, steps: int, differentiable: bool = False) -> list[Tensor] | Tensor:
+    """The recursive stochastic attack of Eq. 5 (x in [0, 1], ℓ∞ budget eps).
+
+    differentiable=True → the list [x_adv(1), …, x_adv(T)], graph through δ kept (for the
+    losses of Eqs. 6–7). differentiable=False → the stacked (T, N, C, H, W) detached iterates,
+    generator in eval mode. Every x_adv(t) lies in the ε-ball around x and in [0, 1].
+    """
+    advs, _ = rollout(generator, classifier, x, y, z, eps=eps, eps_step=eps_step, steps=steps,
+                      differentiable=differentiable)
+    return advs if differentiable else torch.stack(advs)
+
+
+def diversity_loss(adv1: Sequence[Tensor], adv2: Sequence[Tensor], z1: Tensor, z2: Tensor) -> Tensor:
+    """Eq. 7: (1/T) Σ_t mean_batch[ mean|x_adv(t)(z1) − x_adv(t)(z2)| / (mean|z1 − z2| + 1e-8) ]."""
+    dz = (z1 - z2).abs().flatten(1).mean(1) + 1e-8
+    terms = [((a - b).abs().flatten(1).mean(1) / dz).mean() for a, b in zip(adv1, adv2)]
+    return torch.stack(terms).mean()
