@@ -1,0 +1,348 @@
+"""MLflowCallback against a real sqlite store, driven with fake Tune trials (DESIGN §6).
+
+One tiny real trial (plain LeNet-5 on mnist5k, 30 iterations, 3 reports) provides real
+results — train/val metrics and the final robustness matrix with correctness vectors —
+and a real checkpoint; the fake trials replay them so the callback sees what Ray would
+hand it, without starting Ray.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import pickle
+import socket
+import time
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from orchestrator import artifacts as art
+from orchestrator.tracking import (MLflowCallback, TrackingUnavailable, check_tracking_uri, failure_reason,
+                                   make_client, metric_items, objectives_from_spec, search_all)
+
+SPEC = {"name": "unit", "search": {"metric": ["val/natural", "val/worst"], "mode": ["max", "max"]}}
+SPEC_TEXT = "name: unit\nsearch:\n  metric: [val/natural, val/worst]\n"
+
+
+class FakeCheckpoint:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.filesystem = None
+
+
+class FakeTrial:
+    """The attributes of ray.tune.experiment.Trial that the callback reads."""
+
+    def __init__(self, trial_id: str, config: dict, checkpoint: str | None = None, error_file: str | None = None):
+        self.trial_id = trial_id
+        self.trial_name = f"L2LDATrainable_{trial_id}"
+        self.config = config
+        self.checkpoint = FakeCheckpoint(checkpoint) if checkpoint else None
+        self.error_file = error_file
+        self.status = "RUNNING"
+        self.placement_group_factory = None
+        self.num_failures = 0
+
+    def __str__(self) -> str:
+        return self.trial_name
+
+
+def ray_result(step: int, res: dict, trial_id: str, config: dict) -> dict:
+    """What Ray adds to a Trainable's step() result."""
+    out = copy.deepcopy(res)
+    out.update({"training_iteration": step, "trial_id": trial_id, "hostname": "node-a", "node_ip": "127.0.0.2",
+                "pid": 1234, "time_this_iter_s": 0.1, "time_total_s": 0.1 * step, "timestamp": int(time.time()),
+                "date": "today", "config": config, "done": bool(res.get("done", False))})
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir):
+    """(config, [step results], checkpoint dir) of a real 30-iteration plain LeNet-5 trial."""
+    from trainable.runner import Experiment, set_threads
+    from trainable.config import TrialConfig
+
+    set_threads(1)
+    config = dict(dataset="mnist5k", defense="plain", warmup=0, iterations=30, steps_per_report=10,
+                  test_subset=100, val_subset=50, eval_columns=["natural", "fgsm"], val_columns=["natural", "fgsm"],
+                  cache_dir=cache_dir, threads=1, seed=0)
+    exp = Experiment(TrialConfig.from_dict(config))
+    results = []
+    while not exp.done:
+        results.append(exp.step())
+    ckpt = tmp_path_factory.mktemp("ray") / "trial0" / "checkpoint_000003"
+    exp.save(ckpt)
+    assert "matrix" in results[-1] and results[-1]["done"]
+    return config, results, str(ckpt)
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    """One sqlite store per session (creating MLflow's schema takes seconds); tests use
+    their own experiments in it."""
+    d = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{d}/mlflow.db"
+    make_client(uri).search_experiments()  # create the schema once
+    return uri
+
+
+def replay(cb: MLflowCallback, trial: FakeTrial, results: list[dict], steps: range | None = None,
+           complete: bool = True) -> None:
+    cb.on_trial_start(iteration=0, trials=[trial], trial=trial)
+    steps = steps or range(1, len(results) + 1)
+    for s in steps:
+        cb.on_trial_result(iteration=s, trials=[trial], trial=trial,
+                           result=ray_result(s, results[s - 1], trial.trial_id, trial.config))
+    if complete:
+        if trial.checkpoint:
+            cb.on_checkpoint(iteration=0, trials=[trial], trial=trial, checkpoint=trial.checkpoint)
+        cb.on_trial_complete(iteration=0, trials=[trial], trial=trial)
+
+
+def make_sweep(uri: str, experiment: str, tiny_run, tmp_path: Path, sweep_name: str = "sweep-1") -> list[FakeTrial]:
+    """A sweep of three trials: two finish (the second with shifted metrics), one fails."""
+    config, results, ckpt = tiny_run
+    cb = MLflowCallback(uri, experiment, SPEC, SPEC_TEXT, sweep_name, storage_path=str(tmp_path / "ray"),
+                        flush_interval=0.0, retry_delays=())
+    cb.setup(total_num_samples=3)
+    a = FakeTrial("a0001", dict(config, lr=0.01), checkpoint=ckpt)
+    b = FakeTrial("b0002", dict(config, lr=0.05), checkpoint=ckpt)
+    worse = copy.deepcopy(results)
+    for r in worse:  # trial b: lower validation numbers, so export must choose a
+        for k in list(r):
+            if k.startswith("val/"):
+                r[k] = r[k] - 0.05
+    err = tmp_path / "error.txt"
+    err.write_text("Failure # 1 (occurred at 2026-11-24)\nray::L2LDATrainable.train()\n  File \"x.py\", line 1\n"
+                   "trainable.runner.DivergenceError: train/loss became nan by iteration 20\n")
+    c = FakeTrial("c0003", dict(config, lr=9.0), error_file=str(err))
+    replay(cb, a, results)
+    replay(cb, b, worse)
+    replay(cb, c, results[:2], complete=False)
+    cb.on_trial_error(iteration=0, trials=[a, b, c], trial=c)
+    cb.on_experiment_end(trials=[a, b, c])
+    return [a, b, c]
+
+
+def runs_of(uri: str, experiment: str):
+    client = make_client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = search_all(client, [exp.experiment_id], "")
+    parents = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    children = {r.data.tags["trial_id"]: r for r in runs if r.data.tags.get("role") == "trial"}
+    return client, parents, children
+
+
+def test_sweep_records_parent_children_metrics_and_artifacts(store, tiny_run, tmp_path):
+    config, results, ckpt = tiny_run
+    make_sweep(store, "unit-sweep", tiny_run, tmp_path)
+    client, parents, children = runs_of(store, "unit-sweep")
+    assert len(parents) == 1 and set(children) == {"a0001", "b0002", "c0003"}
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["status"] == "FINISHED"
+    for tag in ("tool_version", "torch_version", "ray_version", "sweep_name", "storage_path", "driver_threads"):
+        assert parent.data.tags.get(tag), tag
+    assert parent.data.tags["objective.metric"] == "val/natural"
+    assert json.loads(parent.data.tags["objectives"]) == [["val/natural", "max"], ["val/worst", "max"]]
+    parent_files = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {"spec.yaml", "sweep_table.parquet", "pareto.png"} <= parent_files
+
+    a = children["a0001"]
+    assert a.info.status == "FINISHED" and a.data.tags["status"] == "FINISHED"
+    assert a.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert a.data.tags["checkpoint_path"] == ckpt and a.data.tags["node_ip"] == "127.0.0.2"
+    assert a.data.params["lr"] == "0.01" and a.data.params["eval_columns"] == "natural,fgsm"
+    hist = client.get_metric_history(a.info.run_id, "val/natural")
+    assert [m.step for m in hist] == [1, 2, 3]
+    assert [m.value for m in hist] == pytest.approx([r["val/natural"] for r in results])
+    assert a.data.metrics["matrix/natural"] == pytest.approx(results[-1]["matrix/natural"])
+    for k in ("train/loss", "time/iter_s", "iteration", "check/perturbation"):
+        assert k in a.data.metrics, k
+    for k in ("pid", "time_total_s", "timestamp", "training_iteration", "done"):
+        assert k not in a.data.metrics, k
+    files = {f.path for f in client.list_artifacts(a.info.run_id)}
+    assert {"robustness_matrix.json", "robustness_matrix.parquet", "robustness_heatmap.png", "loss_curves.png"} <= files
+
+    d = Path(client.download_artifacts(a.info.run_id, "", str(tmp_path / "dl")))
+    mj = json.loads((d / "robustness_matrix.json").read_text())
+    assert mj["metrics"]["matrix/fgsm"] == pytest.approx(results[-1]["matrix/fgsm"]) and mj["profile"]["columns"]
+    table = pq.read_table(d / "robustness_matrix.parquet")
+    assert table.column_names == ["index", "natural", "fgsm"] and table.num_rows == 100
+    assert str(table.schema.field("fgsm").type) == "bool"
+    correct = results[-1]["matrix"]["correct"]
+    assert table.column("fgsm").to_pylist() == [bool(v) for v in correct["fgsm"]]
+    worst = np.logical_and(table.column("natural").to_numpy(zero_copy_only=False),
+                           table.column("fgsm").to_numpy(zero_copy_only=False)).mean()
+    assert worst == pytest.approx(results[-1]["matrix/worst"])  # recomputable from the vectors
+    assert (d / "robustness_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+    c = children["c0003"]
+    assert c.info.status == "FAILED" and c.data.tags["status"] == "FAILED"
+    assert c.data.tags["failure_reason"] == "trainable.runner.DivergenceError: train/loss became nan by iteration 20"
+
+    pd = Path(client.download_artifacts(parent.info.run_id, "sweep_table.parquet", str(tmp_path / "pdl")))
+    sweep = pq.read_table(pd).to_pylist()
+    assert len(sweep) == 3
+    by_id = {r["trial_id"]: r for r in sweep}
+    assert by_id["a0001"]["matrix/natural"] == pytest.approx(results[-1]["matrix/natural"])
+    assert by_id["b0002"]["lr"] == pytest.approx(0.05) and by_id["c0003"]["status"] == "FAILED"
+    assert by_id["c0003"]["matrix/natural"] is None
+
+
+def test_resume_reuses_parent_and_child_runs_with_one_history(store, tiny_run):
+    config, results, ckpt = tiny_run
+    first = MLflowCallback(store, "unit-resume", SPEC, SPEC_TEXT, "sweep-r", flush_interval=0.0, retry_delays=())
+    first.setup()
+    t = FakeTrial("r0001", config, checkpoint=ckpt)
+    replay(first, t, results, steps=range(1, 3), complete=False)  # driver dies after step 2
+    state = first.get_state()
+    assert state and state["trial_runs"]["r0001"]
+
+    # Ray pickles the callback into tuner.pkl: that must work and drop the client.
+    clone = pickle.loads(pickle.dumps(first))
+    assert clone._client is None
+
+    # Resume by tags (a brand-new callback, resume=True); the restored trial replays step 2.
+    second = MLflowCallback(store, "unit-resume", SPEC, SPEC_TEXT, "sweep-r", resume=True, flush_interval=0.0,
+                            retry_delays=())
+    second.setup()
+    replay(second, FakeTrial("r0001", config, checkpoint=ckpt), results, steps=range(2, 4))
+    second.on_experiment_end(trials=[])
+    # Resume through Ray's callback state (set_state before setup), as Tuner.restore does.
+    third = MLflowCallback(store, "unit-resume", SPEC, SPEC_TEXT, "sweep-r", flush_interval=0.0, retry_delays=())
+    third.set_state(second.get_state())
+    third.setup()
+    replay(third, FakeTrial("r0001", config, checkpoint=ckpt), results, steps=range(3, 4))
+    third.on_experiment_end(trials=[])
+
+    client, parents, children = runs_of(store, "unit-resume")
+    assert len(parents) == 1 and len(children) == 1
+    run = children["r0001"]
+    assert run.info.status == "FINISHED" and parents[0].info.status == "FINISHED"
+    for key in ("val/natural", "train/loss", "matrix/natural"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert steps == sorted(set(steps)), key  # no step logged twice
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/natural")] == [1, 2, 3]
+    table = Path(client.download_artifacts(parents[0].info.run_id, "sweep_table.parquet"))
+    assert pq.read_table(table).num_rows == 1
+
+
+class FlakyClient:
+    """Wraps an MlflowClient; while `down` is set every call raises like an unreachable server."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.down, self.calls = inner, False, 0
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*a, **k):
+            self.calls += 1
+            if self.down:
+                raise ConnectionError("Connection refused")
+            return attr(*a, **k)
+
+        return call
+
+
+def test_store_outage_queues_records_and_writes_them_later(store, tiny_run):
+    config, results, ckpt = tiny_run
+    lines: list[str] = []
+    cb = MLflowCallback(store, "unit-outage", SPEC, SPEC_TEXT, "sweep-o", flush_interval=0.0, retry_delays=(0.0,),
+                        log=lines.append)
+    flaky = FlakyClient(make_client(store))
+    cb._client = flaky
+    cb.setup()
+    t = FakeTrial("o0001", config, checkpoint=ckpt)
+    flaky.down = True
+    replay(cb, t, results)  # the whole trial while the store is down: nothing raises
+    assert cb._pending() > 0
+    assert sum("unavailable" in ln for ln in lines) == 1
+    flaky.down = False
+    cb._next_try = 0.0
+    cb.on_experiment_end(trials=[t])
+    assert cb._pending() == 0 and not any("lost" in ln for ln in lines)
+    client, parents, children = runs_of(store, "unit-outage")
+    run = children["o0001"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/natural")] == [1, 2, 3]
+    assert run.info.status == "FINISHED"
+    assert "robustness_matrix.parquet" in {f.path for f in client.list_artifacts(run.info.run_id)}
+
+
+def test_store_gone_for_good_reports_lost_records_in_one_line(store, tiny_run):
+    config, results, ckpt = tiny_run
+    lines: list[str] = []
+    cb = MLflowCallback(store, "unit-lost", SPEC, SPEC_TEXT, "sweep-l", flush_interval=0.0, retry_delays=(0.0, 0.0),
+                        log=lines.append)
+    flaky = FlakyClient(make_client(store))
+    cb._client = flaky
+    cb.setup()
+    t = FakeTrial("l0001", config, checkpoint=ckpt)
+    replay(cb, t, results[:1], complete=False)
+    flaky.down = True
+    replay(cb, t, results, steps=range(2, 4))
+    cb.on_experiment_end(trials=[t])
+    lost = [ln for ln in lines if "lost" in ln]
+    assert len(lost) == 1 and "\n" not in lost[0]
+    n = int(lost[0].split("mlflow: ")[1].split()[0])
+    assert n >= 10  # metrics of steps 2-3, artifacts, status changes
+
+
+def test_unreachable_server_is_one_line_error_before_anything():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    t0 = time.perf_counter()
+    with pytest.raises(TrackingUnavailable) as ei:
+        check_tracking_uri(f"http://127.0.0.1:{port}", timeout=2.0)
+    assert time.perf_counter() - t0 < 5
+    msg = str(ei.value)
+    assert "unreachable" in msg and "\n" not in msg and str(port) in msg
+    with pytest.raises(TrackingUnavailable, match="file store"):
+        check_tracking_uri("file:///tmp/mlruns")
+    with pytest.raises(TrackingUnavailable, match="in-memory"):
+        check_tracking_uri("sqlite://")
+
+
+def test_sqlite_uri_checks(tmp_path):
+    check_tracking_uri(f"sqlite:///{tmp_path}/sub/mlflow.db")  # a missing directory is created
+    assert (tmp_path / "sub").is_dir()
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(TrackingUnavailable, match="not a writable database file"):
+        check_tracking_uri(f"sqlite:///{tmp_path}/dir.db")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TrackingUnavailable, match="cannot create directory"):
+        check_tracking_uri(f"sqlite:///{tmp_path}/file/sub/mlflow.db")
+
+
+def test_metric_items_and_helpers():
+    r = {"train/loss": 0.5, "val/natural": np.float32(0.25), "iteration": 20.0, "check/ok": True, "pid": 3,
+         "training_iteration": 2, "time_total_s": 1.0, "node/pid": "123", "matrix": {"x": 1}, "hostname": "h"}
+    assert metric_items(r) == {"train/loss": 0.5, "val/natural": 0.25, "iteration": 20.0, "check/ok": 1.0}
+    assert objectives_from_spec({"search": {"metric": "val/worst", "mode": "max"}}) == [("val/worst", "max")]
+    assert objectives_from_spec({}) == []
+
+    class T:
+        error_file = None
+        error_msg = "Traceback (most recent call last):\n  File x\nValueError: bad lam"
+
+    assert failure_reason(T()) == "ValueError: bad lam"
+
+
+def test_pareto_front_and_sweep_table_types(tmp_path):
+    assert sorted(art.pareto_front([(0.9, 0.1), (0.5, 0.5), (0.4, 0.4), (0.1, 0.9), (float("nan"), 1.0)])) == [0, 1, 3]
+    rows = [{"trial_id": "a", "lr": "0.01", "T": "10", "recursive": "True", "matrix/worst": 0.5},
+            {"trial_id": "b", "lr": 0.1, "T": 5, "recursive": False}]
+    t = art.sweep_table(rows)
+    assert t.column_names == ["trial_id", "T", "lr", "recursive", "matrix/worst"]
+    assert [str(t.schema.field(c).type) for c in t.column_names] == ["string", "int64", "double", "bool", "double"]
+    p = art.write_pareto([{"matrix/natural": 0.9, "matrix/worst": 0.5}], tmp_path / "p.png")
+    assert p.read_bytes()[:4] == b"\x89PNG"
