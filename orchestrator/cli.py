@@ -1,0 +1,228 @@
+"""The `l2lda-tune` command line (click), DESIGN §1 and issue 4 §6.
+
+    l2lda-tune --space search_spaces/smoke.yaml          # run a study (a file or a shipped name)
+    l2lda-tune --space hpo --dry-run                     # resolved study + cost estimate, no Ray
+    l2lda-tune --space smoke --resume                    # continue an interrupted sweep
+    l2lda-tune export --experiment ablation --out best/
+    l2lda-tune eval --checkpoint PATH | --export DIR [--profile cpu|full]
+    l2lda-tune report --experiment ablation --out reports/
+    l2lda-tune figure2 --checkpoint PATH --out fig2.png
+
+Everything that can be checked is checked before Ray starts and before any MLflow run
+exists — the spec, the storage path, the tracking store, the datasets — and a problem is
+one line on stderr, ``l2lda-tune: error: <message>``, with exit code 2.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Any, Iterator
+
+import click
+
+from trainable import __version__
+
+PROG = "l2lda-tune"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from orchestrator.spec import SpecError
+    from orchestrator.tune_runner import ResumeError
+    from trainable.checkpoint import CheckpointError
+    from trainable.config import ConfigError
+    from trainable.data import DatasetMissingError
+
+    errors: list[type[BaseException]] = [SpecError, ConfigError, CheckpointError, DatasetMissingError,
+                                         FileNotFoundError, NotADirectoryError, IsADirectoryError, ResumeError]
+    try:
+        from orchestrator.tracking import TrackingUnavailable
+
+        errors.append(TrackingUnavailable)
+    except ImportError:  # pragma: no cover - tracking is part of the package
+        pass
+    return tuple(errors)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr and the exit code (2: bad input, nothing was started)."""
+    line = " ".join(str(message).split()) or "unknown error"
+    click.echo(f"{PROG}: error: {line}", err=True)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the product's input errors into one line and exit code 2."""
+    errors = _user_errors()
+    try:
+        yield
+    except errors as exc:
+        msg = str(exc)
+        if isinstance(exc, FileNotFoundError) and exc.filename and exc.filename not in msg:
+            msg = f"{exc.filename}: {exc.strerror or msg}"
+        elif isinstance(exc, FileNotFoundError) and exc.strerror and exc.filename:
+            msg = f"{exc.filename}: {exc.strerror}"
+        fail(msg)
+
+
+def _datasets(study: Any) -> set[tuple[str, str, bool]]:
+    base = study.base
+    names = {base.get("dataset", "mnist5k")}
+    p = study.params.get("dataset")
+    if p is not None:
+        names |= set(p.values)
+    root = base.get("data_root", "data")
+    return {(n, root, bool(base.get("download", False))) for n in names}
+
+
+def check_datasets(study: Any) -> None:
+    """A missing dataset is an error before Ray starts (trials would all fail the same way)."""
+    from trainable.data import _torchvision_dataset
+
+    for name, root, download in sorted(_datasets(study)):
+        if name == "mnist5k" or download:
+            continue  # mnist5k is embedded; a download happens in the trial where a network is reachable
+        _torchvision_dataset(name, os.path.expanduser(root), False)
+
+
+class _Group(click.Group):
+    """`l2lda-tune --space X` runs a study; `l2lda-tune <command> …` runs a subcommand."""
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "--space FILE [OPTIONS]  |  COMMAND [ARGS]...")
+
+
+@click.group(cls=_Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--space", "space", metavar="FILE", help="Study YAML file, or a shipped study name (smoke, ablation, …).")
+@click.option("--name", help="Sweep name (Ray experiment directory and MLflow parent run); default <study>-<time>.")
+@click.option("--address", envvar="RAY_ADDRESS", help="Attach to a running Ray cluster (also RAY_ADDRESS); "
+              "default: start a local instance on loopback.")
+@click.option("--storage", help="Where checkpoints go: a local path (default ./runs) or a URI (s3://…).")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI (also MLFLOW_TRACKING_URI); default sqlite:///mlflow.db in the working directory.")
+@click.option("--num-samples", type=int, help="Override search.num_samples.")
+@click.option("--max-concurrent", type=int, help="Override search.max_concurrent.")
+@click.option("--cpus-per-trial", type=float, help="Override resources.cpu.")
+@click.option("--gpus-per-trial", type=float, help="Override resources.gpu (0, a fraction in (0, 1], or whole GPUs).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted sweep (trusts the pickled Ray state in its directory).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved study and a cost estimate; run nothing.")
+@click.version_option(__version__, "--version", prog_name=PROG)
+@click.pass_context
+def cli(ctx: click.Context, space: str | None, name: str | None, address: str | None, storage: str | None,
+        tracking_uri: str | None, num_samples: int | None, max_concurrent: int | None,
+        cpus_per_trial: float | None, gpus_per_trial: float | None, resume: bool, dry_run: bool) -> None:
+    """Ray Tune sweeps of L2L-DA adversarial training, its ablations and baselines."""
+    if ctx.invoked_subcommand is not None:
+        if space or dry_run or resume:
+            fail(f"--space/--dry-run/--resume run a study; they do not go with `{ctx.invoked_subcommand}`")
+        return
+    if not space:
+        from orchestrator.spec import shipped_studies
+
+        fail(f"--space is required: a study YAML file or a shipped study ({', '.join(shipped_studies())}); "
+             f"see `{PROG} --help`")
+    with user_errors():
+        run_command(space=space, name=name, address=address, storage=storage, tracking_uri=tracking_uri,
+                    num_samples=num_samples, max_concurrent=max_concurrent, cpus_per_trial=cpus_per_trial,
+                    gpus_per_trial=gpus_per_trial, resume=resume, dry_run=dry_run)
+
+
+def run_command(*, space: str, name: str | None = None, address: str | None = None, storage: str | None = None,
+                tracking_uri: str | None = None, num_samples: int | None = None, max_concurrent: int | None = None,
+                cpus_per_trial: float | None = None, gpus_per_trial: float | None = None, resume: bool = False,
+                dry_run: bool = False) -> None:
+    """Validate everything, then run the sweep (or describe it with dry_run)."""
+    from orchestrator import tune_runner as tr
+    from orchestrator.spec import SpecError, load_spec
+    from orchestrator.tracking import check_tracking_uri, resolve_tracking_uri
+
+    study = load_spec(space)
+    study = study.with_overrides(name=None, num_samples=num_samples, max_concurrent=max_concurrent,
+                                 cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
+    if resume and dry_run:
+        raise SpecError("--resume and --dry-run: choose one")
+    if name is not None and not name.strip():
+        raise SpecError("--name: empty")
+    if name is not None and ("/" in name or name in (".", "..")):
+        raise SpecError(f"--name: {name!r} must be a plain directory name")
+    store = tr.resolve_storage(storage)
+    uri = resolve_tracking_uri(tracking_uri)
+    if dry_run:
+        sweep = tr.sweep_name(study, name, store, resume=False)
+        click.echo(tr.describe_study(study, name=sweep, storage=store, address=address, tracking_uri=uri))
+        return
+    tr.check_storage(store)
+    sweep = tr.sweep_name(study, name, store, resume)
+    tr.check_sweep_dir(store, sweep, resume)
+    check_tracking_uri(uri)
+    check_datasets(study)
+    results = tr.run_study(study, name=sweep, storage=store, tracking_uri=uri, address=address, resume=resume)
+    failed = sum(1 for r in results if r.error)
+    if failed:
+        fail(f"{failed} of {len(results)} trials failed (reasons in the summary above and in MLflow)", code=1)
+
+
+# ---------------------------------------------------------------------- subcommands
+@cli.command("export")
+@click.option("--experiment", required=True, help="MLflow experiment (study) name.")
+@click.option("--out", required=True, help="Directory to write the export to.")
+@click.option("--metric", default=None, help="Selection metric (a val/… metric); default: the study's first.")
+@click.option("--register", default=None, metavar="MODEL", help="Also register the model in MLflow under this name.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="MLflow tracking URI.")
+def export_cmd(experiment: str, out: str, metric: str | None, register: str | None, tracking_uri: str | None) -> None:
+    """Export the best trial's weights, config, matrix and model card."""
+    with user_errors():
+        from orchestrator.export import export_command
+
+        export_command(experiment, out, metric, register, tracking_uri)
+
+
+@cli.command("eval")
+@click.option("--checkpoint", default=None, help="A trial checkpoint directory or a plain state dict file.")
+@click.option("--export", "export_dir", default=None, help="An export directory (from `l2lda-tune export`).")
+@click.option("--profile", type=click.Choice(["cpu", "full"]), default="cpu", show_default=True,
+              help="Evaluation profile: cpu (small, fast) or full (paper budgets).")
+@click.option("--out", default=None, help="Where to write the matrix (JSON/Parquet).")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="MLflow tracking URI.")
+def eval_cmd(checkpoint: str | None, export_dir: str | None, profile: str, out: str | None,
+             tracking_uri: str | None) -> None:
+    """The robustness matrix of a checkpoint or an export on the test split."""
+    if (checkpoint is None) == (export_dir is None):
+        fail("eval: give exactly one of --checkpoint or --export")
+    with user_errors():
+        from orchestrator.evaluate import eval_command
+
+        eval_command(checkpoint, export_dir, profile, out, tracking_uri)
+
+
+@cli.command("report")
+@click.option("--experiment", required=True, help="MLflow experiment (study) name.")
+@click.option("--out", required=True, help="Directory for the Markdown and Parquet tables.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="MLflow tracking URI.")
+def report_cmd(experiment: str, out: str, tracking_uri: str | None) -> None:
+    """The paper's tables (defenses × attacks, Min), mean ± std over seeds."""
+    with user_errors():
+        from orchestrator.report import report_command
+
+        report_command(experiment, out, tracking_uri)
+
+
+@cli.command("figure2")
+@click.option("--checkpoint", required=True, help="An L2L-DA trial checkpoint directory.")
+@click.option("--out", required=True, help="Output PNG path or directory.")
+def figure2_cmd(checkpoint: str, out: str) -> None:
+    """The paper's Figure 2: adversarial examples of the generator for several z."""
+    with user_errors():
+        from orchestrator.figures import figure2_command
+
+        figure2_command(checkpoint, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (`l2lda-tune`)."""
+    cli.main(args=argv, prog_name=PROG)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,700 @@
+"""The YAML study schema (issue 4 §2): validated completely before Ray starts.
+
+A study file names a ``base`` trial config (:class:`trainable.config.TrialConfig`
+fields), a ``space`` of parameters to vary, and how to ``search`` it::
+
+    name: ablation
+    base: {dataset: mnist5k, defense: l2lda, iterations: 100000}
+    space:
+      recursive: {grid: [true, false]}
+      lam: {loguniform: [1.0e-3, 1.0], when: {diversity: true}}
+      seed: {grid: [0, 1, 2]}
+    search: {type: grid, metric: val/worst, mode: max}
+    scheduler: {type: asha, max_t: 100, grace_period: 10}
+    resources: {cpu: 1, gpu: 0.25}
+    failure: {max_failures: 2}
+    checkpoint: {every: 10, keep: 2}
+    evaluation: {columns: [natural, pgd100, cw100], test_subset: 1000}
+
+Every value is checked against ``TrialConfig`` (unknown key or wrong type is an error),
+budgets such as ``"8/255"`` are resolved to floats here, once (STYLE), and selection may
+read only ``val/…`` metrics (DESIGN §4). A bad spec raises :class:`SpecError` whose
+message is one line naming the key path, e.g. ``space.lam.loguniform: low must be > 0``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import math
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from trainable.config import ConfigError, TrialConfig, config_fields, parse_budget
+
+DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "int")
+BUDGET_KEYS = ("eps",)  # pixel-space budgets that may be written as '8/255'
+
+
+class SpecError(ValueError):
+    """A study spec is malformed; the message is one line that starts with the key path."""
+
+
+# --------------------------------------------------------------------------- sections
+class _Section(BaseModel):
+    # strict: YAML "4" is not the number 4; extra keys are typos, never ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SearchSpec(_Section):
+    """How trials are proposed: Optuna (TPE / NSGA-II), a grid, or random sampling."""
+
+    type: Optional[Literal["optuna", "grid", "random"]] = None  # None → grid if the space is all grid, else random
+    sampler: Optional[Literal["tpe", "nsga2"]] = None
+    metric: Any = "val/worst"  # one name or a list (several objectives)
+    mode: Any = "max"  # one mode (applied to every metric) or one per metric
+    num_samples: int = 1
+    max_concurrent: Optional[int] = None
+    seed: int = 0
+    storage: Optional[str] = None  # Optuna RDB URL (e.g. sqlite:///optuna.db) for optuna-dashboard
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: Any) -> Any:
+        names = [v] if isinstance(v, str) else v
+        if not isinstance(names, list) or not names or not all(isinstance(m, str) and m for m in names):
+            raise ValueError(f"expected a metric name or a non-empty list of names, got {v!r}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a metric is listed twice: {names}")
+        return v
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: Any) -> Any:
+        modes = [v] if isinstance(v, str) else v
+        if not isinstance(modes, list) or not modes or any(m not in ("max", "min") for m in modes):
+            raise ValueError(f"expected 'max' or 'min' (or a list of them), got {v!r}")
+        return v
+
+    @field_validator("num_samples")
+    @classmethod
+    def _num_samples(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("max_concurrent")
+    @classmethod
+    def _max_concurrent(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.match(r"^[a-z][a-z0-9+]*://", v):
+            raise ValueError(f"expected a database URL such as sqlite:///optuna.db, got {v!r}")
+        return v
+
+    @property
+    def metrics(self) -> list[str]:
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def modes(self) -> list[str]:
+        if isinstance(self.mode, str):
+            return [self.mode] * len(self.metrics)
+        return list(self.mode)
+
+
+class SchedulerSpec(_Section):
+    """Early stopping: none, or ASHA on the first (only) metric, in reporting steps."""
+
+    type: Literal["none", "asha"] = "none"
+    max_t: Optional[int] = None  # None → the number of reports of the longest trial
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+    @field_validator("max_t", "grace_period")
+    @classmethod
+    def _positive(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("reduction_factor")
+    @classmethod
+    def _rf(cls, v: float) -> float:
+        if not v > 1 or not math.isfinite(v):
+            raise ValueError(f"must be > 1, got {v}")
+        return v
+
+
+class ResourcesSpec(_Section):
+    """Per-trial resources: CPUs (torch threads follow them) and GPUs (0, a fraction, whole cards)."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, v: float) -> float:
+        if not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"must be > 0, got {v}")
+        return v
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: float) -> float:
+        if v < 0 or not math.isfinite(v):
+            raise ValueError(f"must be 0, a fraction in (0, 1] or a whole number of GPUs, got {v}")
+        if v > 1 and not float(v).is_integer():
+            raise ValueError(f"a share above 1 must be a whole number of GPUs, got {v}")
+        return v
+
+
+class FailureSpec(_Section):
+    max_failures: int = 0  # retries from the last checkpoint; -1 = retry forever
+
+    @field_validator("max_failures")
+    @classmethod
+    def _mf(cls, v: int) -> int:
+        if v < -1:
+            raise ValueError(f"must be >= -1 (-1 retries forever), got {v}")
+        return v
+
+
+class CheckpointSpec(_Section):
+    every: int = 1  # checkpoint every k reporting steps (0: only at the end)
+    keep: Optional[int] = 2  # newest checkpoints kept per trial (None: all)
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"must be >= 0, got {v}")
+        return v
+
+    @field_validator("keep")
+    @classmethod
+    def _keep(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+
+class EvaluationSpec(_Section):
+    """The test robustness matrix of each finished trial (→ base.eval_columns / test_subset)."""
+
+    columns: Optional[list[str]] = None
+    test_subset: Optional[int] = None
+
+
+class _StudyModel(_Section):
+    name: str
+    description: Optional[str] = None
+    base: dict[str, Any] = {}
+    space: dict[str, Any] = {}
+    search: SearchSpec = SearchSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    failure: FailureSpec = FailureSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+            raise ValueError(f"must be letters, digits, '_', '.', '-' (a directory and experiment name), got {v!r}")
+        return v
+
+
+# ---------------------------------------------------------------------------- params
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter. `values` for grid/choice, (`low`, `high`) for ranges."""
+
+    name: str
+    kind: str  # fixed | grid | choice | uniform | loguniform | int
+    values: tuple = ()
+    low: float | int | None = None
+    high: float | int | None = None
+    when: tuple[tuple[str, tuple], ...] = ()  # ((param, allowed values), …): all must hold
+    default: Any = None  # the value when a condition does not hold (base, else TrialConfig's default)
+
+    def active(self, config: Mapping[str, Any]) -> bool:
+        return all(config.get(p) in allowed for p, allowed in self.when)
+
+    def describe(self) -> str:
+        if self.kind in ("fixed",):
+            s = repr(self.values[0])
+        elif self.kind in ("grid", "choice"):
+            s = f"{self.kind} {list(self.values)}"
+        else:
+            s = f"{self.kind} [{self.low}, {self.high}]"
+        if self.when:
+            s += " when " + ", ".join(f"{p} in {list(v)}" if len(v) > 1 else f"{p} = {v[0]!r}" for p, v in self.when)
+        return s
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialConfig)}
+_HINTS = typing.get_type_hints(TrialConfig)
+
+
+def _is_int_field(name: str) -> bool:
+    return _HINTS.get(name) is int
+
+
+def _is_float_field(name: str) -> bool:
+    hint = _HINTS.get(name)
+    return hint is float or float in typing.get_args(hint)
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+# ----------------------------------------------------------------------------- study
+@dataclass
+class Study:
+    """A validated, resolved study: what `tune_runner` builds the Tuner from."""
+
+    name: str
+    description: str | None
+    base: dict[str, Any]  # resolved TrialConfig fields (budgets as floats)
+    params: dict[str, Param]
+    search: SearchSpec
+    scheduler: SchedulerSpec
+    resources: ResourcesSpec
+    failure: FailureSpec
+    checkpoint: CheckpointSpec
+    evaluation: EvaluationSpec
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    text: str = field(repr=False, default="")
+    source: str | None = None
+
+    # ---------------------------------------------------------------- derived
+    @property
+    def search_type(self) -> str:
+        return self.search.type or ("grid" if all(p.kind in ("grid", "fixed") for p in self.params.values()) else "random")
+
+    @property
+    def metrics(self) -> list[str]:
+        return self.search.metrics
+
+    @property
+    def modes(self) -> list[str]:
+        return self.search.modes
+
+    @property
+    def metric(self) -> str:
+        """The first metric: ASHA's, and what 'best trial' means in summaries and export."""
+        return self.metrics[0]
+
+    @property
+    def mode(self) -> str:
+        return self.modes[0]
+
+    def grid_size(self) -> int:
+        n = 1
+        for p in self.params.values():
+            if p.kind == "grid":
+                n *= len(p.values)
+        return n
+
+    def trial_count(self) -> int:
+        if self.search_type == "optuna":
+            return self.search.num_samples
+        return self.grid_size() * self.search.num_samples
+
+    def base_config(self) -> TrialConfig:
+        return TrialConfig.from_dict(self.base)
+
+    def grid_configs(self) -> list[dict[str, Any]]:
+        """The grid's trial configs (varied keys only, sampled parameters shown as their range)."""
+        combos: list[dict[str, Any]] = [{}]
+        for p in self.params.values():
+            if p.kind == "grid":
+                combos = [{**c, p.name: v} for c in combos for v in p.values]
+        out = []
+        for c in combos:
+            full = {**self.base, **{p.name: p.values[0] for p in self.params.values() if p.kind == "fixed"}, **c}
+            shown = dict(c)
+            for p in self.params.values():
+                if p.kind not in ("grid", "fixed") and p.active(full):
+                    shown[p.name] = p.describe()
+                elif p.kind == "grid" and not p.active(full):
+                    shown[p.name] = p.default
+            out.append(shown)
+        return out
+
+    def reports_per_trial(self) -> int:
+        """Reporting steps of the longest trial (ASHA's natural max_t)."""
+        def values(key: str) -> list[int]:
+            p = self.params.get(key)
+            if p is None or p.kind == "fixed":
+                return [int(p.values[0] if p else self.base.get(key, _DEFAULTS[key]))]
+            if p.kind in ("grid", "choice"):
+                return [int(v) for v in p.values] + ([int(p.default)] if p.when else [])
+            return [int(p.low), int(p.high)]
+
+        it = max(values("iterations")) + max(values("warmup"))
+        spr = min(values("steps_per_report"))
+        return max(1, math.ceil(it / spr))
+
+    def iterations_per_trial(self) -> int:
+        p_it, p_wu = self.params.get("iterations"), self.params.get("warmup")
+        def mx(key: str, p: Param | None) -> int:
+            if p is None:
+                return int(self.base.get(key, _DEFAULTS[key]))
+            if p.kind in ("fixed", "grid", "choice"):
+                return max(int(v) for v in p.values)
+            return int(p.high)
+        return mx("iterations", p_it) + mx("warmup", p_wu)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved study as plain data (what MLflow's parent run records)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "base": dict(self.base),
+            "space": {n: dataclasses.asdict(p) for n, p in self.params.items()},
+            "search": {**self.search.model_dump(), "type": self.search_type, "metric": self.metrics,
+                       "mode": self.modes},
+            "scheduler": self.scheduler.model_dump(),
+            "resources": self.resources.model_dump(),
+            "failure": self.failure.model_dump(),
+            "checkpoint": self.checkpoint.model_dump(),
+            "evaluation": self.evaluation.model_dump(),
+            "source": self.source,
+        }
+
+    def with_overrides(self, *, name: str | None = None, num_samples: int | None = None,
+                       max_concurrent: int | None = None, cpus_per_trial: float | None = None,
+                       gpus_per_trial: float | None = None) -> Study:
+        """The same study with command-line overrides, validated again (bad values → SpecError)."""
+        raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.raw.items()}
+        for section in ("search", "resources"):
+            raw[section] = dict(raw.get(section) or {})
+        if name is not None:
+            raw["name"] = name
+        if num_samples is not None:
+            raw["search"]["num_samples"] = num_samples
+        if max_concurrent is not None:
+            raw["search"]["max_concurrent"] = max_concurrent
+        if cpus_per_trial is not None:
+            raw["resources"]["cpu"] = float(cpus_per_trial)
+        if gpus_per_trial is not None:
+            raw["resources"]["gpu"] = float(gpus_per_trial)
+        return build_study(raw, text=self.text, source=self.source)
+
+
+# ------------------------------------------------------------------------ validation
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def _pydantic_error(exc: ValidationError, prefix: str = "") -> SpecError:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    path = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "spec")
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        section = _section_model(err["loc"][:-1], prefix)
+        known = ", ".join(section.model_fields) if section else ""
+        msg = f"unknown key (known: {known})" if known else "unknown key"
+    elif kind == "missing":
+        msg = "required key is missing"
+    else:
+        msg = msg.removeprefix("Value error, ")
+        if kind.endswith("_type") or kind.endswith("_parsing"):
+            msg = f"{msg}, got {err.get('input')!r}"
+    return SpecError(_one_line(f"{path}: {msg}"))
+
+
+def _section_model(loc: tuple, prefix: str) -> type[BaseModel] | None:
+    model: type[BaseModel] = _StudyModel
+    for part in loc:
+        ann = model.model_fields.get(str(part))
+        if ann is None or not (isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)):
+            return None
+        model = ann.annotation
+    return model
+
+
+def _check_value(base: dict[str, Any], name: str, value: Any, path: str) -> Any:
+    """Validate one value of `name` against TrialConfig (with the base); return it resolved."""
+    if name in BUDGET_KEYS and value is not None:
+        try:
+            value = parse_budget(value, name)
+        except ConfigError as exc:
+            raise SpecError(_one_line(f"{path}: {str(exc).split(': ', 1)[-1]}")) from None
+    try:
+        cfg = TrialConfig.from_dict({**base, name: value})
+    except ConfigError as exc:
+        msg = str(exc)
+        # The message names the key itself ("lam: must be >= 0"); the path already does.
+        if msg.startswith(f"{name}: "):
+            msg = msg[len(name) + 2:]
+        raise SpecError(_one_line(f"{path}: {msg}")) from None
+    return _jsonable(getattr(cfg, name))
+
+
+def _parse_when(name: str, when: Any, base: dict[str, Any], path: str) -> tuple[tuple[str, tuple], ...]:
+    if not isinstance(when, Mapping) or not when:
+        raise SpecError(f"{path}: expected a mapping of parameter → value (e.g. {{diversity: true}}), got {when!r}")
+    out = []
+    known = config_fields()
+    for p, v in when.items():
+        if p not in known:
+            raise SpecError(f"{path}.{p}: unknown config key (known: {', '.join(sorted(known))})")
+        if p == name:
+            raise SpecError(f"{path}.{p}: a parameter cannot depend on itself")
+        allowed = tuple(v) if isinstance(v, list) else (v,)
+        if not allowed:
+            raise SpecError(f"{path}.{p}: needs at least one value")
+        resolved = tuple(_check_value({k: b for k, b in base.items() if k != p}, p, a, f"{path}.{p}") for a in allowed)
+        out.append((p, resolved))
+    return tuple(out)
+
+
+def _parse_param(name: str, entry: Any, base: dict[str, Any], base_keys: set[str]) -> Param:
+    path = f"space.{name}"
+    if name not in _DEFAULTS:
+        raise SpecError(f"{path}: unknown config key (known: {', '.join(sorted(_DEFAULTS))})")
+    free_base = {k: v for k, v in base.items() if k != name}
+    default = base.get(name, _jsonable(_DEFAULTS[name]))
+    if not isinstance(entry, Mapping):
+        if name in base_keys:
+            raise SpecError(f"{path}: also set in base; a parameter is either fixed in base or varied in space")
+        return Param(name, "fixed", (_check_value(free_base, name, entry, path),), default=default)
+    keys = set(entry)
+    unknown = sorted(keys - {*DISTRIBUTIONS, "when"})
+    if unknown:
+        raise SpecError(f"{path}.{unknown[0]}: unknown key (use one of {', '.join(DISTRIBUTIONS)}, plus optional when)")
+    kinds = [k for k in DISTRIBUTIONS if k in keys]
+    if len(kinds) != 1:
+        raise SpecError(f"{path}: give exactly one of {', '.join(DISTRIBUTIONS)}" + (f" (got {', '.join(kinds)})" if kinds else ""))
+    kind = kinds[0]
+    when = _parse_when(name, entry["when"], base, f"{path}.when") if "when" in entry else ()
+    if name in base_keys and not when:
+        raise SpecError(f"{path}: also set in base; a parameter is either fixed in base or varied in space "
+                        f"(base may hold its value only for a conditional parameter, one with `when`)")
+    spec = entry[kind]
+    kpath = f"{path}.{kind}"
+    if kind in ("grid", "choice"):
+        if not isinstance(spec, list) or not spec:
+            raise SpecError(f"{kpath}: expected a non-empty list of values, got {spec!r}")
+        values = tuple(_check_value(free_base, name, v, f"{kpath}[{i}]") for i, v in enumerate(spec))
+        if len(set(map(repr, values))) != len(values):
+            raise SpecError(f"{kpath}: a value is listed twice: {list(values)}")
+        return Param(name, kind, values, when=when, default=default)
+    if not isinstance(spec, list) or len(spec) != 2:
+        raise SpecError(f"{kpath}: expected [low, high], got {spec!r}")
+    if kind == "int":
+        if not _is_int_field(name):
+            raise SpecError(f"{kpath}: {name} is not an integer parameter (use uniform, loguniform or choice)")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
+            raise SpecError(f"{kpath}: low and high must be integers, got {spec!r}")
+        low, high = spec
+        if low > high:
+            raise SpecError(f"{kpath}: low must be <= high, got [{low}, {high}]")
+    else:
+        if not _is_float_field(name):
+            what = "an integer parameter (use int)" if _is_int_field(name) else "not a numeric parameter (use choice or grid)"
+            raise SpecError(f"{kpath}: {name} is {what}")
+        try:
+            low, high = (parse_budget(v, name) for v in spec)
+        except ConfigError:
+            raise SpecError(f"{kpath}: low and high must be numbers, got {spec!r}") from None
+        if kind == "loguniform" and not low > 0:
+            raise SpecError(f"{kpath}: low must be > 0, got {low}")
+        if not low < high:
+            raise SpecError(f"{kpath}: low must be < high, got [{low}, {high}]")
+    low = _check_value(free_base, name, low, f"{kpath}[0]")
+    high = _check_value(free_base, name, high, f"{kpath}[1]")
+    return Param(name, kind, low=low, high=high, when=when, default=default)
+
+
+def _check_conditions(params: dict[str, Param]) -> None:
+    for p in params.values():
+        if p.when and p.kind == "grid":
+            raise SpecError(f"space.{p.name}.when: a grid parameter cannot be conditional (its trials would "
+                            f"repeat); use choice with search.type random or optuna")
+        for dep, allowed in p.when:
+            d = params.get(dep)
+            if d is not None and d.kind in ("uniform", "loguniform", "int"):
+                raise SpecError(f"space.{p.name}.when.{dep}: a condition may only test a fixed, grid or choice parameter")
+            if d is not None and d.kind in ("grid", "choice", "fixed"):
+                if not any(v in allowed for v in d.values):
+                    raise SpecError(f"space.{p.name}.when.{dep}: no value of {dep} ({list(d.values)}) satisfies it")
+    # cycles: a depends on b depends on a
+    def visit(n: str, stack: tuple[str, ...]) -> None:
+        if n in stack:
+            raise SpecError(f"space.{n}.when: conditions form a cycle ({' → '.join((*stack, n))})")
+        for dep, _ in params[n].when if n in params else ():
+            visit(dep, (*stack, n))
+
+    for n in params:
+        visit(n, ())
+
+
+def condition_order(params: dict[str, Param]) -> list[Param]:
+    """Parameters ordered so that every condition's parameter comes first (define-by-run order)."""
+    done: list[str] = []
+
+    def add(n: str) -> None:
+        if n in done or n not in params:
+            return
+        for dep, _ in params[n].when:
+            add(dep)
+        done.append(n)
+
+    for n in params:
+        add(n)
+    return [params[n] for n in done]
+
+
+def _val_metrics(study: Study) -> set[str]:
+    cols: set[str] = set(study.base.get("val_columns", _DEFAULTS["val_columns"]))
+    p = study.params.get("val_columns")
+    if p is not None:
+        for v in p.values:
+            cols |= set(v)
+    return {f"val/{c}" for c in cols} | {"val/worst"}
+
+
+def build_study(raw: Any, text: str = "", source: str | None = None) -> Study:
+    """Validate a parsed YAML document and resolve it into a :class:`Study` (or raise SpecError)."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"spec: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        model = _StudyModel.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise _pydantic_error(exc) from None
+
+    # base (+ evaluation) → one TrialConfig: unknown keys and wrong types fail here.
+    base = dict(model.base)
+    ev = model.evaluation
+    for key, target in (("columns", "eval_columns"), ("test_subset", "test_subset")):
+        value = getattr(ev, key)
+        if value is not None:
+            if target in base:
+                raise SpecError(f"evaluation.{key}: also set as base.{target}; give it once")
+            base[target] = value
+    for k in BUDGET_KEYS:
+        if base.get(k) is not None:
+            try:
+                base[k] = parse_budget(base[k], k)
+            except ConfigError as exc:
+                raise SpecError(_one_line(f"base.{exc}")) from None
+    try:
+        cfg = TrialConfig.from_dict(base)
+    except ConfigError as exc:
+        where = "evaluation" if str(exc).startswith(("eval_columns", "test_subset")) and ev.columns else "base"
+        raise SpecError(_one_line(f"{where}.{exc}")) from None
+    base = {k: _jsonable(getattr(cfg, k)) for k in base}
+    if model.resources.gpu > 0 and cfg.device == "cpu":
+        raise SpecError(f"resources.gpu: {model.resources.gpu} GPU per trial but base.device is 'cpu'")
+
+    params: dict[str, Param] = {}
+    for name, entry in model.space.items():
+        params[name] = _parse_param(str(name), entry, base, set(base))
+    _check_conditions(params)
+
+    study = Study(name=model.name, description=model.description, base=base, params=params, search=model.search,
+                  scheduler=model.scheduler, resources=model.resources, failure=model.failure,
+                  checkpoint=model.checkpoint, evaluation=model.evaluation, raw=dict(raw), text=text, source=source)
+
+    s = model.search
+    st = study.search_type
+    if not params:
+        raise SpecError("space: is empty; name at least one parameter to vary (or fix) in the study")
+    if isinstance(s.mode, list) and len(s.mode) != len(s.metrics):
+        raise SpecError(f"search.mode: {len(s.mode)} modes for {len(s.metrics)} metrics; give one per metric (or one for all)")
+    allowed = _val_metrics(study)
+    for i, m in enumerate(s.metrics):
+        where = "search.metric" + (f"[{i}]" if isinstance(s.metric, list) else "")
+        if not m.startswith("val/"):
+            raise SpecError(f"{where}: {m!r} is not a validation metric; selection reads only val/… metrics "
+                            f"({', '.join(sorted(allowed))})")
+        if m not in allowed:
+            raise SpecError(f"{where}: {m!r} is not reported (val metrics come from base.val_columns: "
+                            f"{', '.join(sorted(allowed))})")
+    if st != "optuna":
+        if s.sampler is not None:
+            raise SpecError(f"search.sampler: only optuna search takes a sampler (search.type is {st})")
+        if s.storage is not None:
+            raise SpecError(f"search.storage: only optuna search has a study storage (search.type is {st})")
+    for p in params.values():
+        if st == "grid" and p.kind not in ("grid", "fixed"):
+            raise SpecError(f"space.{p.name}.{p.kind}: grid search takes only grid or fixed values "
+                            f"(use search.type random or optuna to sample)")
+        if st == "optuna" and p.kind == "grid":
+            raise SpecError(f"space.{p.name}.grid: optuna search samples choice, uniform, loguniform or int "
+                            f"(grid needs search.type grid or random)")
+    if st == "optuna" and not any(p.kind != "fixed" for p in params.values()):
+        raise SpecError("space: optuna search needs at least one choice, uniform, loguniform or int parameter")
+    if st == "optuna" and s.sampler == "nsga2" and len(s.metrics) == 1:
+        pass  # NSGA-II on one objective is legal in Optuna, if unusual
+    sch = model.scheduler
+    if sch.type == "asha":
+        if len(s.metrics) > 1:
+            raise SpecError(f"scheduler.type: ASHA takes one metric but search.metric has {len(s.metrics)}; "
+                            f"a multi-objective study runs without a scheduler")
+        reports = study.reports_per_trial()
+        max_t = sch.max_t or reports
+        if sch.grace_period > max_t:
+            raise SpecError(f"scheduler.grace_period: {sch.grace_period} is more than max_t ({max_t} reports)")
+    elif sch.max_t is not None or "grace_period" in (raw.get("scheduler") or {}) or \
+            "reduction_factor" in (raw.get("scheduler") or {}):
+        raise SpecError("scheduler.type: ASHA settings given but scheduler.type is none (set type: asha)")
+    return study
+
+
+# --------------------------------------------------------------------------- loading
+def shipped_studies() -> list[str]:
+    """Names of the studies shipped in the `search_spaces` package."""
+    root = importlib.resources.files("search_spaces")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read(path_or_name: str | os.PathLike) -> tuple[str, str]:
+    p = Path(path_or_name)
+    if p.is_file():
+        return p.read_text(encoding="utf-8"), str(p)
+    name = str(path_or_name)
+    if re.fullmatch(r"[A-Za-z0-9_-]+(\.yaml)?", name):
+        res = importlib.resources.files("search_spaces") / (name if name.endswith(".yaml") else name + ".yaml")
+        if res.is_file():
+            return res.read_text(encoding="utf-8"), f"search_spaces/{res.name}"
+    if p.exists():
+        raise SpecError(f"{p}: is not a file")
+    raise FileNotFoundError(f"{p}: no such study file (shipped studies: {', '.join(shipped_studies())})")
+
+
+def parse_yaml(text: str, source: str = "spec") -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(_one_line(f"{source}: YAML syntax error{where}: {problem}")) from None
+
+
+def load_spec(path_or_name: str | os.PathLike) -> Study:
+    """Load and validate a study from a YAML file or a shipped study name ("smoke")."""
+    text, source = _read(path_or_name)
+    raw = parse_yaml(text, source)
+    if raw is None:
+        raise SpecError(f"{source}: the file is empty")
+    return build_study(raw, text=text, source=source)

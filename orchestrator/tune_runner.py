@@ -1,0 +1,514 @@
+"""Build and run the Ray Tune sweep of a validated study (DESIGN §2, §4, §7, §8).
+
+spec (:class:`orchestrator.spec.Study`) → ``param_space`` (grid/random through Tune's
+sampling, Optuna through a define-by-run function) → :class:`ray.tune.Tuner` with
+``ConcurrencyLimiter``, ASHA, per-trial resources, failure and checkpoint configs and
+the MLflow callback (the only writer of the tracking store) → a summary table naming
+the best trial by the study's first (``val/…``) metric and its checkpoint.
+
+Ray is imported lazily: :func:`describe_study` / ``--dry-run`` never start it.
+Local sweeps start Ray on loopback (``_node_ip_address="127.0.0.2"``: a plain
+``ray.init()`` would talk over the external interface, DESIGN §8); ``--address``
+attaches to a running cluster.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Mapping, TextIO
+
+from orchestrator.spec import Param, SpecError, Study, condition_order
+
+LOCAL_NODE_IP = "127.0.0.2"
+
+# Rough single-thread CPU cost of one training iteration per 100 images on LeNet-5/mnist
+# (measured on this project's 2-core machine; see the README). Only for --dry-run's estimate.
+_MS_PER_100 = {"plain": 20.0, "fgsm_at": 55.0, "pgd10_at": 270.0, "pgd100_at": 2500.0, "cw100_at": 2500.0,
+               "l2l_star": 170.0}
+_L2LDA_MS_PER_100_PER_STEP = 290.0  # per recursion step at generator width 16
+_MODEL_FACTOR = {"lenet5": 1.0, "resnet20": 25.0}
+_GPU_SPEEDUP = 20.0
+
+
+class ResumeError(RuntimeError):
+    """--resume (or a reused --name) does not fit what is in the storage path; one line."""
+
+
+# ------------------------------------------------------------------ storage / names
+def resolve_storage(storage: str | None) -> str:
+    """A URI stays as it is; a local path (default ./runs) is made absolute."""
+    s = storage or "runs"
+    if "://" in s and not s.startswith("file://"):
+        return s
+    if s.startswith("file://"):
+        s = s[len("file://"):]
+    return str(Path(s).expanduser().resolve())
+
+
+def is_local(storage: str) -> bool:
+    return "://" not in storage
+
+
+def check_storage(storage: str) -> None:
+    """A local storage path must be creatable and writable before anything starts."""
+    if not is_local(storage):
+        return
+    p = Path(storage)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"--storage: cannot create {p} ({exc.strerror or exc})") from None
+    if not p.is_dir():
+        raise SpecError(f"--storage: {p} is not a directory")
+    probe = p / f".l2lda-write-test-{os.getpid()}"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SpecError(f"--storage: {p} is not writable ({exc.strerror or exc})") from None
+
+
+def sweep_name(study: Study, name: str | None, storage: str, resume: bool) -> str:
+    """The Ray experiment (and MLflow sweep) name: --name, else `<study>-<timestamp>`;
+    with --resume and no --name, the newest sweep of this study in the storage path."""
+    if name:
+        return name
+    if not resume:
+        return f"{study.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if not is_local(storage):
+        raise ResumeError(f"--resume: pass --name with a remote storage ({storage})")
+    cands = [d for d in Path(storage).glob(f"{study.name}*") if d.is_dir() and _is_sweep_dir(d)]
+    if not cands:
+        raise ResumeError(f"--resume: no sweep of study {study.name!r} under {storage} (pass --name and --storage)")
+    return max(cands, key=lambda d: d.stat().st_mtime).name
+
+
+def _is_sweep_dir(path: Path) -> bool:
+    return (path / "tuner.pkl").is_file() and any(path.glob("experiment_state-*.json"))
+
+
+def check_sweep_dir(storage: str, name: str, resume: bool) -> None:
+    """--resume needs a sweep there; a fresh sweep must not write into an old one."""
+    if not is_local(storage):
+        return
+    d = Path(storage) / name
+    if resume and not _is_sweep_dir(d):
+        raise ResumeError(f"--resume: {d} is not a sweep directory (no tuner.pkl / experiment state)")
+    if not resume and d.exists() and any(d.iterdir()):
+        raise ResumeError(f"--name: {d} already holds a sweep; pass --resume to continue it or another --name")
+
+
+# --------------------------------------------------------------------- search space
+def _tune_domain(p: Param) -> Any:
+    from ray import tune
+
+    if p.kind == "choice":
+        return tune.choice(list(p.values))
+    if p.kind == "uniform":
+        return tune.uniform(p.low, p.high)
+    if p.kind == "loguniform":
+        return tune.loguniform(p.low, p.high)
+    if p.kind == "int":
+        return tune.randint(p.low, p.high + 1)  # Tune's upper bound is exclusive, the spec's inclusive
+    raise ValueError(p.kind)
+
+
+class _Conditional:
+    """`tune.sample_from` body for a parameter with a `when` condition (random search).
+
+    Samples from the parameter's domain with a seeded RandomState when the condition
+    holds on the trial's other values, else gives the parameter's default, so the trial
+    config stays a complete, valid TrialConfig."""
+
+    def __init__(self, p: Param, seed: int) -> None:
+        import numpy as np
+
+        self.p = p
+        self.rs = np.random.RandomState(seed)
+        self.domain = _tune_domain(p)
+
+    def __call__(self, spec: Any) -> Any:
+        cfg = spec.config
+        if all(_get(cfg, dep) in allowed for dep, allowed in self.p.when):
+            v = self.domain.sample(random_state=self.rs)
+            return v.item() if hasattr(v, "item") else v
+        return self.p.default
+
+
+def _get(cfg: Any, key: str) -> Any:
+    try:
+        return cfg[key]
+    except (KeyError, TypeError):
+        return getattr(cfg, key)
+
+
+def base_trial_config(study: Study) -> dict[str, Any]:
+    """Base config plus fixed parameters: what every trial shares."""
+    cfg = dict(study.base)
+    for p in study.params.values():
+        if p.kind == "fixed":
+            cfg[p.name] = p.values[0]
+    return cfg
+
+
+def param_space(study: Study) -> dict[str, Any]:
+    """Tune's param_space. Optuna studies get only the shared constants (the searcher
+    proposes the rest); grid/random studies get grid_search and sampling domains."""
+    from ray import tune
+
+    space = base_trial_config(study)
+    if study.search_type == "optuna":
+        return space
+    for i, p in enumerate(condition_order(study.params)):
+        if p.kind == "fixed":
+            continue
+        if p.kind == "grid":
+            space[p.name] = tune.grid_search(list(p.values))
+        elif p.when:
+            space[p.name] = tune.sample_from(_Conditional(p, study.search.seed * 1009 + i))
+        else:
+            space[p.name] = _tune_domain(p)
+    return space
+
+
+class DefineByRun:
+    """Optuna define-by-run space from the spec: conditions are evaluated on the values
+    already suggested (parameters ordered so a condition's parameter comes first)."""
+
+    def __init__(self, study: Study) -> None:
+        self.params = [p for p in condition_order(study.params) if p.kind != "fixed"]
+        self.shared = base_trial_config(study)
+
+    def __call__(self, trial: Any) -> dict[str, Any] | None:
+        cfg = dict(self.shared)
+        constants: dict[str, Any] = {}
+        for p in self.params:
+            if not p.active(cfg):
+                cfg[p.name] = constants[p.name] = p.default
+                continue
+            if p.kind == "choice":
+                encoded = [json.dumps(v) if isinstance(v, (list, dict)) else v for v in p.values]
+                v = trial.suggest_categorical(p.name, encoded)
+                if isinstance(v, str) and any(isinstance(x, (list, dict)) for x in p.values):
+                    v = json.loads(v) if v.startswith(("[", "{")) else v
+            elif p.kind == "uniform":
+                v = trial.suggest_float(p.name, p.low, p.high)
+            elif p.kind == "loguniform":
+                v = trial.suggest_float(p.name, p.low, p.high, log=True)
+            elif p.kind == "int":
+                v = trial.suggest_int(p.name, p.low, p.high)
+            else:
+                raise SpecError(f"space.{p.name}.{p.kind}: not available with optuna search")
+            cfg[p.name] = v
+        return constants or None
+
+
+def build_search(study: Study) -> Any:
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    s = study.search
+    if study.search_type != "optuna":
+        return BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent or 0)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    multi = len(study.metrics) > 1
+    kind = s.sampler or ("nsga2" if multi else "tpe")
+    sampler = (optuna.samplers.NSGAIISampler(seed=s.seed) if kind == "nsga2"
+               else optuna.samplers.TPESampler(seed=s.seed, multivariate=True))
+    storage = optuna.storages.RDBStorage(s.storage) if s.storage else None
+    searcher = OptunaSearch(space=DefineByRun(study), metric=study.metrics if multi else study.metric,
+                            mode=study.modes if multi else study.mode, sampler=sampler, storage=storage,
+                            study_name=study.name if storage is not None else None)
+    if s.max_concurrent:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
+    return searcher
+
+
+def build_scheduler(study: Study) -> Any:
+    sch = study.scheduler
+    if sch.type != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", max_t=sch.max_t or study.reports_per_trial(),
+                         grace_period=sch.grace_period, reduction_factor=sch.reduction_factor)
+
+
+def trainable_with_resources(study: Study) -> Any:
+    from trainable.trainable import with_resources
+
+    return with_resources(study.resources.cpu, study.resources.gpu)
+
+
+def progress_reporter(study: Study) -> Any:
+    from ray.tune import CLIReporter
+
+    metrics = {"training_iteration": "step", "iteration": "iter"}
+    for m in [*study.metrics, "val/natural", "val/worst"]:
+        metrics.setdefault(m, m)
+    metrics["matrix/worst"] = "test worst"
+    varied = [p.name for p in study.params.values() if p.kind != "fixed"]
+    # TuneConfig carries metric/mode for a single objective; the reporter may not repeat them.
+    multi = len(study.metrics) > 1
+    return CLIReporter(metric_columns=metrics, parameter_columns=varied, max_report_frequency=30,
+                       metric=study.metric if multi else None, mode=study.mode if multi else None)
+
+
+# -------------------------------------------------------------------------- ray init
+def _node_ip_for(address: str | None) -> str | None:
+    """Loopback clusters (DESIGN §8): the driver must announce the head's loopback address."""
+    if os.environ.get("L2LDA_NODE_IP_ADDRESS"):
+        return os.environ["L2LDA_NODE_IP_ADDRESS"]
+    if not address:
+        return LOCAL_NODE_IP
+    if address.startswith(("ray://", "http://", "https://")):
+        return None
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            address = canonicalize_bootstrap_address("auto") or ""
+        except Exception:
+            return None
+    host = address.rsplit(":", 1)[0]
+    try:
+        return host if ipaddress.ip_address(host).is_loopback else None
+    except ValueError:
+        return None
+
+
+def init_ray(address: str | None, log: Callable[[str], None] = print) -> bool:
+    """Start (or attach to) Ray; returns True when this call started it (and must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+    node_ip = _node_ip_for(address)
+    if node_ip:
+        kwargs["_node_ip_address"] = node_ip
+    if address:
+        log(f"attaching to Ray cluster at {address}" + (f" (driver on {node_ip})" if node_ip else ""))
+        ray.init(address=address, **kwargs)
+    else:
+        # A loopback-only local instance: token authentication protects clusters shared over a
+        # network and only gets in the way here (DESIGN §8).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(include_dashboard=False, **kwargs)
+    return True
+
+
+# -------------------------------------------------------------------------------- run
+def make_callbacks(study: Study, *, tracking_uri: str, name: str, storage: str, resume: bool) -> list:
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from orchestrator.tracking import MLflowCallback
+
+    return [JsonLoggerCallback(), CSVLoggerCallback(), MLflowCallback(tracking_uri=tracking_uri, experiment=study.name, spec=study.to_dict(),
+                           spec_text=study.text, sweep_name=name, resume=resume, storage_path=storage)]
+
+
+def build_tuner(study: Study, *, name: str, storage: str, callbacks: list, reporter: bool = True) -> Any:
+    from ray import tune
+
+    ck = study.checkpoint
+    run_config = tune.RunConfig(
+        name=name,
+        storage_path=storage,
+        failure_config=tune.FailureConfig(max_failures=study.failure.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=ck.keep, checkpoint_frequency=ck.every,
+                                                checkpoint_at_end=True),
+        callbacks=callbacks,
+        progress_reporter=progress_reporter(study) if reporter else None,
+        verbose=1 if reporter else 0,
+    )
+    single = len(study.metrics) == 1
+    tune_config = tune.TuneConfig(
+        metric=study.metric if single else None,
+        mode=study.mode if single else None,
+        search_alg=build_search(study),
+        scheduler=build_scheduler(study),
+        num_samples=study.search.num_samples,
+        max_concurrent_trials=None,  # set on the search algorithm (BasicVariantGenerator / ConcurrencyLimiter)
+        reuse_actors=False,
+    )
+    return tune.Tuner(trainable_with_resources(study), param_space=param_space(study), tune_config=tune_config,
+                      run_config=run_config)
+
+
+def run_study(study: Study, *, name: str, storage: str, tracking_uri: str, address: str | None = None,
+              resume: bool = False, reporter: bool = True, out: TextIO | None = None) -> Any:
+    """Run (or resume) the sweep; returns Tune's ResultGrid after printing the summary.
+    Callers validate the spec, storage and tracking URI first (the CLI does)."""
+    out = out or sys.stdout
+    say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
+    # Tune's legacy reporter (a few chosen columns) instead of the verbose new output engine.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Checkpointing every report is what small studies want; Tune's warning about it is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's default loggers include TensorBoard, which cannot store the matrix data; keep JSON + CSV.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    started = init_ray(address, say)
+    t0 = time.perf_counter()
+    try:
+        from ray import tune
+
+        path = f"{storage.rstrip('/')}/{name}"
+        if resume:
+            say(f"resuming sweep {name} from {path}")
+            tuner = tune.Tuner.restore(path, trainable=trainable_with_resources(study), resume_errored=True)
+        else:
+            callbacks = make_callbacks(study, tracking_uri=tracking_uri, name=name, storage=storage, resume=False)
+            tuner = build_tuner(study, name=name, storage=storage, callbacks=callbacks, reporter=reporter)
+        results = tuner.fit()
+        summary = summarize(results, study, wall_s=time.perf_counter() - t0)
+        say(summary)
+        return results
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------------------- summary
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summarize(results: Any, study: Study, wall_s: float | None = None) -> str:
+    """The end-of-sweep table (one row per trial) and the best trial by the first metric."""
+    varied = [p.name for p in study.params.values() if p.kind != "fixed"]
+    metric_cols = list(dict.fromkeys([*study.metrics, "matrix/natural", "matrix/min", "matrix/worst"]))
+    head = ["trial", *varied, "status", "iter", *metric_cols, "checkpoint"]
+    rows = [head]
+    best, best_val = None, None
+    sign = 1 if study.mode == "max" else -1
+    n_err = 0
+    for r in results:
+        m = r.metrics or {}
+        tid = str(m.get("trial_id") or getattr(r, "path", "?")).rsplit("/", 1)[-1]
+        status = "ERROR" if r.error else ("DONE" if m.get("done") else "STOPPED")
+        n_err += bool(r.error)
+        ck = r.checkpoint.path if r.checkpoint else "-"
+        rows.append([tid, *(_fmt((r.config or {}).get(k, "")) for k in varied), status,
+                     _fmt(int(m.get("iteration", 0) or 0)), *(_fmt(m.get(c, "-")) for c in metric_cols), ck])
+        v = m.get(study.metric)
+        if isinstance(v, (int, float)) and math.isfinite(v) and r.checkpoint and (best_val is None or sign * v > sign * best_val):
+            best, best_val = (tid, r), v
+    lines = [f"\nsweep summary — study {study.name!r}, {len(rows) - 1} trials"
+             + (f", {n_err} failed" if n_err else "") + (f", {wall_s:.0f} s" if wall_s is not None else ""),
+             _table(rows)]
+    if best is not None:
+        tid, r = best
+        lines.append(f"best trial: {tid} ({study.metric} = {best_val:.4f}, {study.mode}); checkpoint: {r.checkpoint.path}")
+    else:
+        lines.append(f"best trial: none reported {study.metric} with a checkpoint")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------- dry run
+def estimate_iteration_ms(cfg: Mapping[str, Any], gpu: float) -> float:
+    """A rough single-thread CPU cost of one training iteration (for --dry-run only)."""
+    from trainable.config import DATASET_DEFAULTS
+
+    defense = cfg.get("defense", "l2lda")
+    model = cfg.get("model") or DATASET_DEFAULTS[cfg.get("dataset", "mnist5k")]["model"]
+    per100 = _MS_PER_100.get(defense)
+    if per100 is None:  # l2lda: recursion steps × generator width
+        steps = int(cfg.get("T", 10)) if cfg.get("recursive", True) else 1
+        per100 = _L2LDA_MS_PER_100_PER_STEP * steps * max(0.25, (int(cfg.get("gen_width", 64)) / 16) ** 1.5)
+    ms = per100 * int(cfg.get("batch_size", 100)) / 100 * _MODEL_FACTOR.get(model, 1.0)
+    return ms / _GPU_SPEEDUP if gpu > 0 else ms
+
+
+def describe_study(study: Study, *, name: str | None = None, storage: str | None = None,
+                   address: str | None = None, tracking_uri: str | None = None) -> str:
+    """The resolved study, trial count, resources and a rough cost estimate (runs nothing)."""
+    lines = [f"study {study.name!r}" + (f" — {study.description}" if study.description else ""),
+             f"  source: {study.source}"]
+    if name:
+        lines.append(f"  sweep name: {name}")
+    if storage:
+        lines.append(f"  storage: {storage}")
+    if tracking_uri:
+        lines.append(f"  tracking: {tracking_uri}")
+    lines.append(f"  ray: {address or 'local instance on ' + LOCAL_NODE_IP}")
+    s = study.search
+    kind = study.search_type
+    sampler = f", sampler {s.sampler or ('nsga2' if len(study.metrics) > 1 else 'tpe')}" if kind == "optuna" else ""
+    lines.append(f"  search: {kind}{sampler}; objective(s): "
+                 + ", ".join(f"{m} ({o})" for m, o in zip(study.metrics, study.modes))
+                 + f"; num_samples {s.num_samples}; max_concurrent {s.max_concurrent or 'unlimited'}; seed {s.seed}"
+                 + (f"; optuna storage {s.storage}" if s.storage else ""))
+    sch = study.scheduler
+    lines.append("  scheduler: " + ("none" if sch.type == "none" else
+                                    f"asha (max_t {sch.max_t or study.reports_per_trial()} reports, grace "
+                                    f"{sch.grace_period}, reduction {sch.reduction_factor:g})"))
+    r = study.resources
+    lines.append(f"  resources per trial: {r.cpu:g} CPU, {r.gpu:g} GPU; failures retried: {study.failure.max_failures}; "
+                 f"checkpoint every {study.checkpoint.every} reports, keep {study.checkpoint.keep}")
+    lines.append("  base:")
+    for k, v in sorted(study.base.items()):
+        lines.append(f"    {k}: {v}")
+    lines.append("  space:")
+    for p in study.params.values():
+        lines.append(f"    {p.name}: {p.describe()}")
+    n = study.trial_count()
+    lines.append(f"  trials: {n}")
+    if kind in ("grid", "random") and study.grid_size() > 1:
+        for i, c in enumerate(study.grid_configs()):
+            lines.append(f"    [{i}] " + ", ".join(f"{k}={v}" for k, v in c.items())
+                         + (f"  (× {s.num_samples} samples)" if s.num_samples > 1 else ""))
+    # cost: iterations × trials, and a rough CPU-seconds figure from per-defense costs
+    configs = [{**base_trial_config(study), **{k: v for k, v in c.items() if not isinstance(v, str) or
+               not v.startswith(("uniform", "loguniform", "int", "choice"))}} for c in study.grid_configs()]
+    per_trial_s = []
+    for c in configs:
+        cfg = dict(c)
+        for p in study.params.values():  # sampled parameters: take the costly end
+            if p.kind in ("uniform", "loguniform", "int"):
+                cfg.setdefault(p.name, p.high)
+            elif p.kind == "choice":
+                cfg.setdefault(p.name, p.values[-1])
+        it = int(cfg.get("iterations", 0)) + int(cfg.get("warmup", 0))
+        warm = int(cfg.get("warmup", 0))
+        ms_adv = estimate_iteration_ms(cfg, r.gpu)
+        ms_clean = estimate_iteration_ms({**cfg, "defense": "plain"}, r.gpu)
+        per_trial_s.append(((it - warm) * ms_adv + warm * ms_clean) / 1000)
+    mean_s = sum(per_trial_s) / len(per_trial_s)
+    iters = study.iterations_per_trial()
+    total_iters = iters * n
+    trial_s = mean_s * n
+    lines.append(f"  cost: {iters:,} iterations per trial × {n} trials = {total_iters:,} iterations; "
+                 f"roughly {_human(trial_s)} of {'GPU' if r.gpu else 'CPU-core'} time for training "
+                 f"(+ the test matrix per trial; a rough figure from per-defense costs on LeNet-5/CPU)")
+    return "\n".join(lines)
+
+
+def _human(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
