@@ -61,16 +61,25 @@ def ray_result(step: int, res: dict, trial_id: str, config: dict) -> dict:
     return out
 
 
+_SESSION: dict = {}  # shared with test_export.py (which imports these fixtures): build once per session
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, cache_dir):
     """(config, [step results], checkpoint dir) of a real 30-iteration plain LeNet-5 trial."""
+    if "tiny_run" not in _SESSION:
+        _SESSION["tiny_run"] = _tiny_run(tmp_path_factory, cache_dir)
+    return _SESSION["tiny_run"]
+
+
+def _tiny_run(tmp_path_factory, cache_dir):
     from trainable.runner import Experiment, set_threads
     from trainable.config import TrialConfig
 
     set_threads(1)
     config = dict(dataset="mnist5k", defense="plain", warmup=0, iterations=30, steps_per_report=10,
                   test_subset=100, val_subset=50, eval_columns=["natural", "fgsm"], val_columns=["natural", "fgsm"],
-                  cache_dir=cache_dir, threads=1, seed=0)
+                  cache_dir=cache_dir, threads=1, seed=0, lr=0.05)
     exp = Experiment(TrialConfig.from_dict(config))
     results = []
     while not exp.done:
@@ -85,10 +94,12 @@ def tiny_run(tmp_path_factory, cache_dir):
 def store(tmp_path_factory):
     """One sqlite store per session (creating MLflow's schema takes seconds); tests use
     their own experiments in it."""
-    d = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{d}/mlflow.db"
-    make_client(uri).search_experiments()  # create the schema once
-    return uri
+    if "store" not in _SESSION:
+        d = tmp_path_factory.mktemp("mlflow")
+        uri = f"sqlite:///{d}/mlflow.db"
+        make_client(uri).search_experiments()  # create the schema once
+        _SESSION["store"] = uri
+    return _SESSION["store"]
 
 
 def replay(cb: MLflowCallback, trial: FakeTrial, results: list[dict], steps: range | None = None,

@@ -1,0 +1,219 @@
+"""Exported models: weights as safetensors plus JSON, loaded back into ready modules (DESIGN §7).
+
+An export directory holds ``classifier.safetensors`` (and ``generator.safetensors`` for
+L2L-DA / L2L* trials), ``config.json`` (the trial's TrialConfig) and ``export.json``
+(format, files with their SHA-256, provenance). safetensors files hold tensors only, so
+loading an export never unpickles anything. This module does not import MLflow: a
+researcher who received an export needs only the package and torch::
+
+    from trainable.export_io import load_export
+    model = load_export("best/")          # nn.Module in eval mode, input x in [0, 1] NCHW
+    logits = model(x)
+
+Also here: reading classifiers out of our checkpoint directories and out of plain
+LeNet-5 / ResNet-20 state-dict files (``.pt`` loaded with ``weights_only=True``, or
+``.safetensors``), which ``l2lda-tune eval`` accepts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from trainable import __version__
+from trainable.checkpoint import (CONFIG_FILE, META_FILE, STATE_FILE, CheckpointError, atomic_write_text,
+                                  load_module_state, load_state, read_json, safe_torch_load)
+from trainable.config import GENERATOR_DEFENSES, ConfigError, TrialConfig
+from trainable.models import build_classifier
+
+EXPORT_FORMAT = 1
+CLASSIFIER_FILE, GENERATOR_FILE, EXPORT_META = "classifier.safetensors", "generator.safetensors", "export.json"
+# Input shape (C, H, W) and classes per dataset: an export is rebuilt without loading data.
+DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
+    "mnist5k": (1, 28, 28), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+}
+NUM_CLASSES = 10
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _config(data: dict, where: str) -> TrialConfig:
+    try:
+        return TrialConfig.from_dict(data).resolved()
+    except ConfigError as exc:
+        raise CheckpointError(f"{where}: invalid config ({exc})") from None
+
+
+def _save_tensors(state: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    # safetensors refuses shared/non-contiguous storage: store plain CPU copies.
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    tmp = path.with_suffix(".tmp")
+    save_file(flat, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def _load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({first})") from None
+
+
+def save_export(directory: str | os.PathLike, classifier_state: dict[str, torch.Tensor], config: dict,
+                generator_state: dict[str, torch.Tensor] | None = None, provenance: dict[str, Any] | None = None) -> Path:
+    """Write an export directory: safetensors weights, config.json, export.json (with hashes)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = _config(config, str(d / CONFIG_FILE))
+    meta = {"format": "l2lda-tune-export", "version": __version__, "dataset": cfg.dataset, "model": str(cfg.model)}
+    _save_tensors(classifier_state, d / CLASSIFIER_FILE, {**meta, "module": "classifier"})
+    files = {CLASSIFIER_FILE: _sha256(d / CLASSIFIER_FILE)}
+    if generator_state is not None:
+        _save_tensors(generator_state, d / GENERATOR_FILE, {**meta, "module": "generator"})
+        files[GENERATOR_FILE] = _sha256(d / GENERATOR_FILE)
+    elif (d / GENERATOR_FILE).exists():
+        (d / GENERATOR_FILE).unlink()  # a stale generator from an earlier export is not this model's
+    atomic_write_text(d / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    info = {"format": EXPORT_FORMAT, "tool_version": __version__, "dataset": cfg.dataset, "model": cfg.model,
+            "defense": cfg.defense, "files": files, **(provenance or {})}
+    atomic_write_text(d / EXPORT_META, json.dumps(info, indent=2, sort_keys=True, default=str))
+    return d
+
+
+def read_export_config(directory: str | os.PathLike) -> TrialConfig:
+    """The resolved TrialConfig of an export (or checkpoint) directory."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: not an export directory")
+    return _config(read_json(d / CONFIG_FILE), str(d / CONFIG_FILE))
+
+
+def _verify(d: Path, name: str) -> None:
+    """A file whose hash differs from export.json's was changed or truncated after export."""
+    meta_path = d / EXPORT_META
+    if not meta_path.is_file():
+        return  # hand-assembled exports (weights + config.json) are accepted without hashes
+    expected = read_json(meta_path).get("files", {}).get(name)
+    if expected and (d / name).is_file() and _sha256(d / name) != expected:
+        raise CheckpointError(f"{d / name}: SHA-256 differs from {EXPORT_META} (file changed or truncated)")
+
+
+def build_for(cfg: TrialConfig, device: str | torch.device = "cpu") -> nn.Module:
+    shape = DATASET_SHAPES[cfg.dataset]
+    return build_classifier(cfg.model_name, cfg.dataset, shape[0]).to(device)
+
+
+def build_generator_for(cfg: TrialConfig, device: str | torch.device = "cpu") -> nn.Module:
+    from trainable.generator import build_generator
+
+    return build_generator(cfg, DATASET_SHAPES[cfg.dataset], NUM_CLASSES).to(device)
+
+
+def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """The exported classifier, rebuilt from config.json and classifier.safetensors, in eval mode.
+
+    Input: x in [0, 1], shape (N, C, H, W) of the export's dataset (normalisation is inside).
+    Raises CheckpointError (one line) on a missing, truncated or mismatched file."""
+    d = Path(directory)
+    cfg = read_export_config(d)
+    _verify(d, CLASSIFIER_FILE)
+    model = build_for(cfg, device)
+    load_module_state(model, _load_tensors(d / CLASSIFIER_FILE, device), f"{d / CLASSIFIER_FILE}")
+    return model.eval()
+
+
+def load_export_generator(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """The exported L2L-DA / L2L* generator in eval mode (CheckpointError if the export has none)."""
+    d = Path(directory)
+    cfg = read_export_config(d)
+    if not (d / GENERATOR_FILE).is_file():
+        raise CheckpointError(f"{d}: export has no {GENERATOR_FILE} (defense {cfg.defense!r} trains no generator)")
+    _verify(d, GENERATOR_FILE)
+    gen = build_generator_for(cfg, device)
+    load_module_state(gen, _load_tensors(d / GENERATOR_FILE, device), f"{d / GENERATOR_FILE}")
+    return gen.eval()
+
+
+# ---------------------------------------------------- checkpoints and plain files
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / STATE_FILE).exists() and (p / META_FILE).exists()
+
+
+def is_export_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / CLASSIFIER_FILE).exists()
+
+
+def load_checkpoint_modules(directory: str | os.PathLike, device: str | torch.device = "cpu"
+                            ) -> tuple[TrialConfig, nn.Module, nn.Module | None, dict]:
+    """(config, classifier, generator or None, meta) from one of our checkpoint directories,
+    without loading any data; state.pt is read with weights_only=True."""
+    d = Path(directory)
+    state, config, meta = load_state(d, map_location=device)
+    cfg = _config(config, str(d / CONFIG_FILE))
+    if "classifier" not in state:
+        raise CheckpointError(f"{d / STATE_FILE}: no classifier weights in the checkpoint")
+    clf = build_for(cfg, device)
+    load_module_state(clf, state["classifier"], f"{d} classifier")
+    gen = None
+    dstate = state.get("defense") or {}
+    if cfg.defense in GENERATOR_DEFENSES and isinstance(dstate, dict) and "generator" in dstate:
+        gen = build_generator_for(cfg, device)
+        load_module_state(gen, dstate["generator"], f"{d} generator")
+        gen.eval()
+    return cfg, clf.eval(), gen, meta
+
+
+def load_state_dict_file(path: str | os.PathLike, dataset: str = "mnist5k", model: str | None = None,
+                         device: str | torch.device = "cpu") -> tuple[TrialConfig, nn.Module]:
+    """A plain LeNet-5 / ResNet-20 state dict (.pt/.pth with weights_only=True, or .safetensors).
+
+    Accepts a bare state dict, {'state_dict': …}, {'classifier': …} (our state.pt) and keys
+    prefixed 'module.' (DataParallel). The dataset names the input shape and normalisation."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such file")
+    try:
+        cfg = TrialConfig.from_dict({"dataset": dataset, "model": model, "defense": "plain"}).resolved()
+    except ConfigError as exc:
+        raise CheckpointError(f"{p}: {exc}") from None
+    if p.suffix == ".safetensors":
+        state: Any = _load_tensors(p, device)
+    else:
+        state = safe_torch_load(p, map_location=device)
+    if isinstance(state, dict):
+        for key in ("classifier", "state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{p}: not a state dict of tensors")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    clf = build_for(cfg, device)
+    # Plain state dicts from elsewhere may lack our normalisation buffers: keep the dataset's.
+    own = clf.state_dict()
+    for k in ("normalize.mean", "normalize.std"):
+        if k not in state and k in own:
+            state[k] = own[k]
+    load_module_state(clf, state, f"{p} ({cfg.model} on {cfg.dataset})")
+    return cfg, clf.eval()
