@@ -599,8 +599,11 @@ def build_study(raw: Any, text: str = "", source: str | None = None) -> Study:
     try:
         cfg = TrialConfig.from_dict(base)
     except ConfigError as exc:
-        where = "evaluation" if str(exc).startswith(("eval_columns", "test_subset")) and ev.columns else "base"
-        raise SpecError(_one_line(f"{where}.{exc}")) from None
+        msg = str(exc)
+        for key, target in (("columns", "eval_columns"), ("test_subset", "test_subset")):
+            if msg.startswith(f"{target}:") and getattr(ev, key) is not None:
+                raise SpecError(_one_line(f"evaluation.{key}:{msg[len(target) + 1:]}")) from None
+        raise SpecError(_one_line(f"base.{msg}")) from None
     base = {k: _jsonable(getattr(cfg, k)) for k in base}
     if model.resources.gpu > 0 and cfg.device == "cpu":
         raise SpecError(f"resources.gpu: {model.resources.gpu} GPU per trial but base.device is 'cpu'")
