@@ -1,0 +1,156 @@
+"""APGD-CE, APGD-T, Square and the AutoAttack cascade (issue 5)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from trainable.attacks import pgd
+from trainable.autoattack import apgd, apgd_targeted, autoattack, checkpoints, square, square_p
+from trainable.evaluation import EvalContext, robustness_matrix
+
+
+@pytest.fixture(scope="session")
+def plain(trained):
+    return trained("plain", iterations=800, warmup=0, eps=0.1)  # shared with test_runner
+
+
+@pytest.fixture(scope="session")
+def pgd_at(trained):
+    return trained("pgd10_at", iterations=150)  # shared with test_attacks
+
+
+def _acc(model, x, y):
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def _assert_valid(x_adv, x, eps):
+    assert torch.isfinite(x_adv).all()
+    assert float((x_adv - x).abs().max()) <= eps + 1e-6
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+
+
+def test_checkpoints_follow_the_paper_schedule():
+    # p0 = 0, p1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06), w_j = ⌈p_j · N⌉
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0 + 1e-9:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    expected = [math.ceil(round(q * 100, 6)) for q in p[1:]]
+    assert checkpoints(100) == expected == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+@pytest.mark.parametrize("kind", ["apgd_ce", "apgd_t_loss", "apgd_t", "square"])
+def test_attacks_keep_ball_range_mode_and_are_seeded(plain, kind):
+    model = plain.classifier
+    model.train()  # the attack must restore whatever mode it found
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    x, y = plain.data.test_x[:48], plain.data.test_y[:48]
+    eps = 0.1
+    runs = {
+        "apgd_ce": lambda g: apgd(model, x, y, eps=eps, steps=20, generator=g),
+        "apgd_t_loss": lambda g: apgd(model, x, y, eps=eps, steps=20, loss="dlr_targeted", target_class=2, generator=g),
+        "apgd_t": lambda g: apgd_targeted(model, x, y, eps=eps, steps=10, n_target_classes=3, generator=g),
+        "square": lambda g: square(model, x, y, eps=eps, n_queries=60, generator=g),
+    }[kind]
+    a = runs(torch.Generator().manual_seed(3))
+    b = runs(torch.Generator().manual_seed(3))
+    assert model.training, "model mode not restored"
+    assert all((g is None and p.grad is None) or (g is not None and torch.equal(g, p.grad))
+               for g, p in zip(grads, model.parameters())), "a parameter's .grad changed"
+    model.eval()
+    _assert_valid(a, x, eps)
+    assert torch.equal(a, b), "not deterministic under a seeded generator"
+    assert _acc(model, a, y) <= _acc(model, x, y)
+
+
+def test_apgd_is_at_least_as_strong_as_pgd10(plain):
+    model = plain.classifier.eval()
+    x, y = plain.data.test_x[:150], plain.data.test_y[:150]
+    g = torch.Generator().manual_seed(0)
+    a_pgd = _acc(model, pgd(model, x, y, eps=0.1, step=0.025, steps=10, generator=g), y)
+    a_apgd = _acc(model, apgd(model, x, y, eps=0.1, generator=g), y)
+    assert a_apgd <= a_pgd + 0.01, (a_apgd, a_pgd)
+    assert a_apgd < _acc(model, x, y) - 0.05
+
+
+def test_square_schedule_and_queries_only_correct_points(plain):
+    assert square_p(0, 5000) == 0.8 and square_p(5000, 5000) == 0.8 / 512
+    assert square_p(300, 1000) == square_p(1500, 5000)  # the schedule is rescaled to the query budget
+
+    class Counting(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m, self.rows = m, 0
+
+        def forward(self, x):
+            self.rows += len(x)
+            return self.m(x)
+
+    model = Counting(plain.classifier.eval())
+    x, y = plain.data.test_x[:20], plain.data.test_y[:20]
+    with torch.no_grad():
+        wrong = (plain.classifier(x).argmax(1) + 1) % 10  # labels the model never predicts on x
+    # Every point starts misclassified, so after the initial query nothing is queried again.
+    square(model, x, wrong, eps=0.01, n_queries=50, generator=torch.Generator().manual_seed(0))
+    assert model.rows == len(x)
+
+
+def test_autoattack_below_pgd100_on_pgd_at(pgd_at):
+    exp = pgd_at
+    x, y = exp.data.test_x[:100], exp.data.test_y[:100]
+    ctx = EvalContext(cfg=exp.cfg.replace(square_queries=100), data=exp.data, device=exp.device, seed=0)
+    res = robustness_matrix(exp.classifier, x, y, columns=["pgd100", "autoattack"], eps=0.3, ctx=ctx,
+                            masking=False)
+    m = res.metrics
+    assert m["matrix/autoattack"] <= m["matrix/pgd100"], m
+    assert res.checks["autoattack"]["in_ball"] and res.checks["autoattack"]["in_range"]
+    assert res.profile["budgets"]["autoattack"]["cascade"] == ["apgd_ce", "apgd_t", "square"]
+
+
+def test_autoattack_cascade_returns_first_fooling_point(plain):
+    model = plain.classifier.eval()
+    x, y = plain.data.test_x[:60], plain.data.test_y[:60]
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    x, y = x[ok], y[ok]  # the cascade attacks the clean-correct points only
+    xa = autoattack(model, x, y, eps=0.1, steps=10, n_target_classes=2, n_queries=30,
+                    generator=torch.Generator().manual_seed(1))
+    _assert_valid(xa, x, 0.1)
+    xc = apgd(model, x, y, eps=0.1, steps=10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fooled_ce = model(xc).argmax(1) != y
+    # Same generator state at the start: the cascade's first stage is exactly this APGD-CE run.
+    assert torch.equal(xa[fooled_ce], xc[fooled_ce])
+    assert _acc(model, xa, y) <= _acc(model, xc, y)
+
+
+def test_bad_inputs_are_one_line_errors(plain):
+    model = plain.classifier
+    x, y = plain.data.test_x[:4], plain.data.test_y[:4]
+    with pytest.raises(ValueError, match="loss"):
+        apgd(model, x, y, eps=0.1, loss="hinge")
+    with pytest.raises(ValueError, match="target_class"):
+        apgd(model, x, y, eps=0.1, loss="dlr_targeted")
+    with pytest.raises(ValueError, match="eps"):
+        square(model, x, y, eps=0.0)
+
+
+def test_pgd_agrees_with_foolbox_linf_pgd(pgd_at):
+    fb = pytest.importorskip("foolbox")
+    model = pgd_at.classifier.eval()
+    x, y = pgd_at.data.test_x[:500], pgd_at.data.test_y[:500]
+    eps, steps, step = 0.3, 20, 0.3 / 8
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    torch.manual_seed(0)
+    _, clipped, success = fb.attacks.LinfPGD(abs_stepsize=step, steps=steps, random_start=True)(
+        fmodel, x, y, epsilons=eps)
+    acc_fb = 1.0 - float(success.float().mean())
+    ours = pgd(model, x, y, eps=eps, step=step, steps=steps, keep_best=False, early_stop=False,
+               generator=torch.Generator().manual_seed(0))
+    acc_ours = _acc(model, ours, y)
+    assert abs(acc_ours - acc_fb) <= 0.015, (acc_ours, acc_fb)
+    assert np.isclose(float((clipped - x).abs().max()), eps, atol=1e-5)
