@@ -220,8 +220,17 @@ def figure2_cmd(checkpoint: str, out: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (`l2lda-tune`)."""
-    cli.main(args=argv, prog_name=PROG)
+    """Console-script entry point (`l2lda-tune`): every usage error is one line and exit code 2."""
+    try:
+        rv = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.UsageError as exc:  # bad option or value: click would print several lines
+        fail(exc.format_message())
+    except click.ClickException as exc:
+        fail(exc.format_message(), code=exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo(f"{PROG}: aborted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
