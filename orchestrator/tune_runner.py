@@ -303,7 +303,9 @@ def init_ray(address: str | None, log: Callable[[str], None] = print) -> bool:
         # A loopback-only local instance: token authentication protects clusters shared over a
         # network and only gets in the way here (DESIGN §8).
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(include_dashboard=False, **kwargs)
+        # "local": always a new instance; Ray's default would attach to a cluster started with
+        # `ray start` on this machine (`--address auto` does that on purpose).
+        ray.init(address="local", include_dashboard=False, **kwargs)
     return True
 
 

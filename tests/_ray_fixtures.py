@@ -68,7 +68,7 @@ def ray_session():
 
     started = False
     if not ray.is_initialized():
-        ray.init(_node_ip_address="127.0.0.2", include_dashboard=False, num_cpus=2, log_to_driver=False,
+        ray.init(address="local", _node_ip_address="127.0.0.2", include_dashboard=False, num_cpus=2, log_to_driver=False,
                  configure_logging=True, logging_level="WARNING")
         started = True
     yield ray
