@@ -95,8 +95,10 @@ def _download(client: Any, run_id: str, name: str, dst: Path) -> Path | None:
 def model_card(cfg: Any, run: Any, metric: str, mode: str, matrix: dict | None, meta: dict, experiment: str,
                has_generator: bool) -> str:
     """A short Markdown card: data, defense, key config, matrix, provenance, caveats."""
-    key = ("dataset", "model", "defense", "eps", "eps_step_frac", "T", "lam", "recursive", "diversity", "use_delta",
-           "use_label", "grad_norm", "iterations", "warmup", "batch_size", "lr", "seed")
+    key = ["dataset", "model", "defense", "eps", "iterations", "warmup", "batch_size", "lr", "seed"]
+    if cfg.defense in ("l2lda", "l2l_star"):  # the generator's settings only where one was trained
+        key[4:4] = ["eps_step_frac", "T", "lam", "recursive", "diversity", "use_delta", "use_label", "grad_norm",
+                    "gen_width"]
     lines = [f"# {cfg.model} {cfg.defense} on {cfg.dataset}", "",
              f"Exported by l2lda-tune from MLflow experiment `{experiment}`, run `{run.info.run_id}` "
              f"(trial `{run.data.tags.get('trial_name', '')}`), selected by the best {mode} of `{metric}` = "
@@ -113,8 +115,13 @@ def model_card(cfg: Any, run: Any, metric: str, mode: str, matrix: dict | None, 
         n = matrix.get("n") or len(matrix.get("profile", {}).get("test_indices", []))
         lines += ["## Robustness matrix (test split, accuracy)", "", f"{n} test examples, ε = {matrix.get('profile', {}).get('eps')}.", "",
                   "| column | accuracy |", "|---|---|"]
-        lines += [f"| {k.split('/', 1)[1] if k.startswith('matrix/') else k} | {100 * v:.2f}% |" for k, v in m.items()
-                  if isinstance(v, (int, float))]
+        order = [f"matrix/{c}" if "/" not in c else c for c in matrix.get("columns", [])]
+        order += [k for k in ("matrix/min", "matrix/worst", "transfer/min") if k in m]
+        order += [k for k in m if k not in order and k.startswith(("matrix/", "transfer/"))]
+        lines += [f"| {k.split('/', 1)[1] if k.startswith('matrix/') else k} | {100 * m[k]:.2f}% |" for k in order
+                  if isinstance(m.get(k), (int, float))]
+        fired = [k.split("/", 1)[1] for k, v in m.items() if k.startswith("check/") and v]
+        lines += ["", "Gradient-masking checks fired: " + (", ".join(fired) if fired else "none") + "."]
         if matrix.get("checks", {}).get("perturbation_ok") is False:
             lines += ["", "**Warning:** an attack column left the ε-ball or [0, 1] (see robustness_matrix.json checks)."]
         lines.append("")
@@ -139,6 +146,7 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     Returns a summary dict (run_id, metric, value, out, files, registered version)."""
     from trainable.export_io import CLASSIFIER_FILE, GENERATOR_FILE, load_checkpoint_modules, save_export
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client, uri = open_store(tracking_uri)
     exp = find_experiment(client, experiment, uri)
     run, metric, mode = best_run(client, exp, metric, mode)

@@ -57,6 +57,22 @@ RAY_KEYS = frozenset({
 KEEP_PLAIN = frozenset({"iteration"})  # our own un-namespaced metric: the trial's iteration count
 
 
+def _guarded(hook: Callable) -> Callable:
+    """A tracking hook never raises into Tune: a bug or a bad value costs a record, not the sweep."""
+    import functools
+
+    @functools.wraps(hook)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            self._say(f"mlflow: {hook.__name__} failed ({type(exc).__name__}: {first}); the sweep goes on")
+            return None
+
+    return wrapper
+
+
 class TrackingUnavailable(RuntimeError):
     """The tracking store cannot be used; the message is one line naming the URI and why."""
 
@@ -67,14 +83,13 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (relative to the working directory), else None."""
+    """The database file of a ``sqlite:///`` URI (relative to the working directory; four
+    slashes for an absolute path), else None."""
     if not uri.startswith("sqlite:"):
         return None
     rest = uri[len("sqlite:"):]
     if rest.startswith("///"):
-        rest = rest[3:]
-        # sqlite:////abs/path keeps its leading slash; sqlite:///rel/path is relative.
-        return Path(rest) if not rest.startswith("/") else Path(rest)
+        return Path(rest[3:])  # "sqlite:////abs" leaves "/abs", "sqlite:///rel" leaves "rel"
     if rest.startswith("//"):
         return Path(rest[2:] or ":memory:")
     raise TrackingUnavailable(f"tracking URI {uri!r}: expected sqlite:///path/to/mlflow.db")
@@ -374,6 +389,7 @@ class MLflowCallback(Callback):
         return d
 
     # ------------------------------------------------------------- lifecycle
+    @_guarded
     def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
               **info: Any) -> None:
         import ray
@@ -414,16 +430,19 @@ class MLflowCallback(Callback):
             self._parent.artifacts.append((str(p), None))
         self._flush(force=True)
 
+    @_guarded
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run = self._trial_run(trial)
         run.tags["status"] = "RUNNING"
         run.status = "RUNNING"
         run.reopen = True
-        self._flush_run_soon(run, force=True)
+        self._flush(force=True)
 
+    @_guarded
     def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._trial_run(trial).tags["restored_from"] = _tag(self._checkpoint_path(trial) or "")
 
+    @_guarded
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run = self._trial_run(trial)
         step = int(result.get("training_iteration") or (max(run.last_step.values(), default=0) + 1))
@@ -447,6 +466,7 @@ class MLflowCallback(Callback):
             self._render_matrix(run, matrix)
         self._flush(force=bool(matrix) or bool(result.get("done")))
 
+    @_guarded
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         path = self._checkpoint_path(trial, checkpoint)
         if path:
@@ -455,6 +475,7 @@ class MLflowCallback(Callback):
             run.tags["checkpoint_iteration"] = str(max(run.last_step.values(), default=0))
             self._flush()
 
+    @_guarded
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run = self._trial_run(trial)
         run.tags["status"] = "RECOVERING"
@@ -462,15 +483,19 @@ class MLflowCallback(Callback):
         run.tags["num_failures"] = str(getattr(trial, "num_failures", "") or "")
         self._flush(force=True)
 
+    @_guarded
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish_trial(trial, "FINISHED")
 
+    @_guarded
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish_trial(trial, "FAILED", failure_reason(trial))
 
+    @_guarded
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._flush()
 
+    @_guarded
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._parent is None:  # setup never ran (e.g. driven by hand)
             return
@@ -636,9 +661,6 @@ class MLflowCallback(Callback):
             self._say(f"mlflow: tracking store {self.tracking_uri} is back; writing queued records")
             self._warned_down = False  # a later outage is reported again
         self._down_since = None
-
-    def _flush_run_soon(self, run: _Run, force: bool = False) -> None:
-        self._flush(force=force)
 
     def _flush(self, force: bool = False, ignore_backoff: bool = False) -> None:
         now = time.monotonic()

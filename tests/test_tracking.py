@@ -357,3 +357,20 @@ def test_pareto_front_and_sweep_table_types(tmp_path):
     assert [str(t.schema.field(c).type) for c in t.column_names] == ["string", "int64", "double", "bool", "double"]
     p = art.write_pareto([{"matrix/natural": 0.9, "matrix/worst": 0.5}], tmp_path / "p.png")
     assert p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_broken_hook_never_raises_into_tune(store):
+    lines: list[str] = []
+    cb = MLflowCallback(store, "unit-guard", SPEC, SPEC_TEXT, "sweep-g", flush_interval=0.0, retry_delays=(),
+                        log=lines.append)
+    cb.setup()
+
+    class Broken:
+        trial_id = "g1"
+        config = ["not", "a", "mapping"]
+
+    cb.on_trial_result(iteration=1, trials=[], trial=Broken(), result={"training_iteration": 1, "val/natural": 0.5})
+    assert len(lines) == 1 and lines[0].startswith("mlflow: on_trial_result failed") and "\n" not in lines[0]
+    cb.on_experiment_end(trials=[])
+    client, parents, children = runs_of(store, "unit-guard")
+    assert parents[0].info.status == "FINISHED"
