@@ -104,6 +104,7 @@ class TrialConfig:
     gen_attack_width: int = 0  # 0 → gen_width; width of generators trained for columns
     square_queries: int = 5000
     transfer_iterations: int = 0  # 0 → surrogate training length from `iterations`
+    eps_curve: tuple[float, ...] = ()  # ε values of the test matrix's accuracy-vs-ε PGD curve (() → none)
     cache_dir: str = ".cache/l2lda-tune"
 
     # ------------------------------------------------------------------ build
@@ -217,6 +218,7 @@ class TrialConfig:
         need(self.gen_attack_steps >= 0, "gen_attack_steps", f"must be >= 0, got {self.gen_attack_steps}")
         need(self.gen_attack_samples >= 1, "gen_attack_samples", f"must be >= 1, got {self.gen_attack_samples}")
         need(self.square_queries >= 1, "square_queries", f"must be >= 1, got {self.square_queries}")
+        need(all(0 < e <= 1 and math.isfinite(e) for e in self.eps_curve), "eps_curve", f"every ε must be in (0, 1], got {list(self.eps_curve)}")
         need(len(self.eval_columns) >= 1, "eval_columns", "must name at least one column")
         need(len(set(self.eval_columns)) == len(self.eval_columns), "eval_columns", "has a duplicate column")
         # Column names are checked against the evaluation registry lazily (it imports torch).

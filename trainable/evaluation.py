@@ -141,9 +141,11 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
 
 def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[str, ...] | list[str],
                       eps: float, ctx: EvalContext, indices: np.ndarray | None = None,
-                      batch_size: int = 500) -> MatrixResult:
+                      batch_size: int = 500, masking: bool = True) -> MatrixResult:
     """Accuracy of `model` under each column on (x, y); x in [0, 1]. Sanity checks are code:
-    every x_adv is checked to lie in the ε-ball and [0, 1] and to be free of NaN."""
+    every x_adv is checked to lie in the ε-ball and [0, 1] and to be free of NaN, and the
+    gradient-masking flags of :mod:`trainable.checks` are computed (``masking=False`` skips
+    them and the ε-curve: cheap validation matrices)."""
     t0 = time.perf_counter()
     n = len(y)
     correct: dict[str, np.ndarray] = {}
@@ -193,7 +195,19 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
         "test_indices": (indices if indices is not None else np.arange(n)).tolist(),
         "seed": ctx.seed,
     }
-    return MatrixResult(metrics, correct, indices if indices is not None else np.arange(n), profile, checks, timings)
+    result = MatrixResult(metrics, correct, indices if indices is not None else np.arange(n), profile, checks, timings)
+    if masking:
+        from trainable.checks import EPS_CURVE_STEPS, eps_curve, masking_flags
+
+        t1 = time.perf_counter()
+        masking_flags(model, x, y, result, ctx)
+        curve_eps = tuple(getattr(ctx.cfg, "eps_curve", ()) or ())
+        if curve_eps:
+            result.profile["eps_curve"] = eps_curve(model, x, y, curve_eps, EPS_CURVE_STEPS, batch_size=batch_size,
+                                                    generator=torch.Generator().manual_seed(_column_seed(ctx.seed, "eps_curve")))
+        timings["checks"] = time.perf_counter() - t1
+        timings["total"] = time.perf_counter() - t0
+    return result
 
 
 def binomial_ci(p: float, n: int, z: float = 1.96) -> tuple[float, float]:

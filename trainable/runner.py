@@ -209,7 +209,7 @@ class Experiment:
         """Natural and cheap-attack accuracy on the fixed validation subset (what selection reads)."""
         x, y = self.data.val_x[self.val_idx], self.data.val_y[self.val_idx]
         res = robustness_matrix(self.classifier, x, y, columns=self.cfg.val_columns, eps=self.cfg.eps,
-                                ctx=self._ctx(), batch_size=self.cfg.eval_batch_size)
+                                ctx=self._ctx(), batch_size=self.cfg.eval_batch_size, masking=False)
         out = {}
         for k, v in res.metrics.items():
             if k.startswith("matrix/") and k != "matrix/min":
