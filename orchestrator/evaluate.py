@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import click
+
 from trainable.checkpoint import CheckpointError
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -29,10 +31,10 @@ PROFILE_HELP = ("cpu: 200 test points, generator columns fine-tuned 200 steps (4
                 "Square 5000 queries (hours on a GPU, days on a CPU)")
 
 
-class EvalError(RuntimeError):
+class EvalError(click.ClickException):
     """Bad eval input; the message is one line."""
 
-    exit_code = 2
+    exit_code = 2  # bad input: click prints the one line and exits 2 even where the CLI does not map it
 
 
 def _resolve_run(ref: str, tracking_uri: str | None) -> str:

@@ -18,15 +18,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import click
+
 from orchestrator.tracking import (ROLE_SWEEP, ROLE_TRIAL, TrackingUnavailable, check_tracking_uri, make_client,
                                    resolve_tracking_uri, search_all, sqlite_path)
 from trainable.checkpoint import CheckpointError
 
 
-class ExportError(RuntimeError):
+class ExportError(click.ClickException):
     """Export cannot proceed; the message is one line naming what is missing."""
 
-    exit_code = 2
+    exit_code = 2  # bad input: click prints the one line and exits 2 even where the CLI does not map it
 
 
 DEFAULT_METRIC, DEFAULT_MODE = "val/worst", "max"
