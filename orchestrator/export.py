@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import click
 
-from orchestrator.tracking import (ROLE_SWEEP, ROLE_TRIAL, TrackingUnavailable, check_tracking_uri, make_client,
-                                   resolve_tracking_uri, search_all, sqlite_path)
+from orchestrator.store import (ROLE_SWEEP, ROLE_TRIAL, TrackingUnavailable, check_tracking_uri, make_client,
+                                resolve_tracking_uri, search_all, sqlite_path)
 from trainable.checkpoint import CheckpointError
 
 
@@ -146,7 +146,7 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     """Export the best finished trial of `experiment` into `out` (see module docstring).
 
     Returns a summary dict (run_id, metric, value, out, files, registered version)."""
-    from trainable.export_io import CLASSIFIER_FILE, GENERATOR_FILE, load_checkpoint_modules, save_export
+    from trainable.export_io import load_checkpoint_modules, save_export
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client, uri = open_store(tracking_uri)
