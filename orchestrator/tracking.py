@@ -21,6 +21,7 @@ skipped, so a restored trial continues one metric history.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -320,6 +321,20 @@ class MLflowCallback(Callback):
             p.write_text(self.spec_text)
             self._parent.artifacts.append((str(p), None))
         self._flush(force=True)
+        # A driver stopped by Ctrl-C (or any normal exit) before the experiment ended still
+        # writes what it queued and marks the sweep INTERRUPTED; --resume reopens the runs.
+        atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        if self._ended or self._parent is None:
+            return
+        for run in self._trials.values():
+            if run.status == "RUNNING" and run.terminate is None:
+                run.tags["status"] = run.status = "INTERRUPTED"
+                run.terminate = "KILLED"
+        self._parent.tags["status"] = "INTERRUPTED"
+        self._parent.terminate = "KILLED"
+        self.close()
 
     @_guarded
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -399,7 +414,14 @@ class MLflowCallback(Callback):
         except Exception as exc:  # rendering must never cost the sweep its records
             self._say(f"mlflow: sweep table/Pareto plot not rendered ({type(exc).__name__}: {exc})")
         n_err = sum(1 for r in rows if r.get("status") == "FAILED")
-        self._parent.tags.update({"status": "FINISHED", "num_trials": str(len(rows)), "num_failed": str(n_err)})
+        self._parent.tags.update({"num_trials": str(len(rows)), "num_failed": str(n_err)})
+        # Tune also ends the experiment when the driver is interrupted (SIGINT): trials still
+        # pending or running mean the sweep is not finished and --resume will reopen it.
+        unfinished = [t for t in trials or [] if str(getattr(t, "status", "TERMINATED")) not in ("TERMINATED", "ERROR")]
+        if unfinished:
+            self._at_exit()
+            return
+        self._parent.tags["status"] = "FINISHED"
         self._parent.terminate = "FINISHED"
         self.close()
 
@@ -421,6 +443,7 @@ class MLflowCallback(Callback):
         elif self._rejected:
             self._say(f"mlflow: {self._rejected} records were rejected by the store (see warnings above)")
         self._ended = True
+        atexit.unregister(self._at_exit)
         if self._stage and lost == 0:
             shutil.rmtree(self._stage, ignore_errors=True)
         return lost

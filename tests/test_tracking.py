@@ -112,6 +112,7 @@ def replay(cb: MLflowCallback, trial: FakeTrial, results: list[dict], steps: ran
     if complete:
         if trial.checkpoint:
             cb.on_checkpoint(iteration=0, trials=[trial], trial=trial, checkpoint=trial.checkpoint)
+        trial.status = "TERMINATED"
         cb.on_trial_complete(iteration=0, trials=[trial], trial=trial)
 
 
@@ -135,6 +136,7 @@ def make_sweep(uri: str, experiment: str, tiny_run, tmp_path: Path, sweep_name: 
     replay(cb, a, results)
     replay(cb, b, worse)
     replay(cb, c, results[:2], complete=False)
+    c.status = "ERROR"
     cb.on_trial_error(iteration=0, trials=[a, b, c], trial=c)
     cb.on_experiment_end(trials=[a, b, c])
     return [a, b, c]
@@ -210,9 +212,15 @@ def test_resume_reuses_parent_and_child_runs_with_one_history(store, tiny_run):
     first = MLflowCallback(store, "unit-resume", SPEC, SPEC_TEXT, "sweep-r", flush_interval=0.0, retry_delays=())
     first.setup()
     t = FakeTrial("r0001", config, checkpoint=ckpt)
-    replay(first, t, results, steps=range(1, 3), complete=False)  # driver dies after step 2
+    replay(first, t, results, steps=range(1, 3), complete=False)  # driver interrupted after step 2
     state = first.get_state()
     assert state and state["trial_runs"]["r0001"]
+    # Ctrl-C: Tune ends the experiment with the trial still RUNNING (atexit does the same
+    # for other exits): queued records are written and the runs marked interrupted.
+    first.on_experiment_end(trials=[t])
+    client, parents, children = runs_of(store, "unit-resume")
+    assert parents[0].data.tags["status"] == "INTERRUPTED" and parents[0].info.status == "KILLED"
+    assert children["r0001"].data.tags["status"] == "INTERRUPTED"
 
     # Ray pickles the callback into tuner.pkl: that must work and drop the client.
     clone = pickle.loads(pickle.dumps(first))
