@@ -61,7 +61,7 @@ def test_architecture_matches_design():
     assert g.up2.in_channels == 16 and g.up1.in_channels == 16 and g.out.in_channels == 16
     assert [type(m) for m in (g.norm1, g.norm_up2, g.norm_up1)] == [CondBatchNorm2d] * 3
     assert abs(float(g.down0.weight.detach().std()) - 0.02) < 0.01
-    assert torch.all(g.norm1.beta.weight == 0) and abs(float(g.norm1.gamma_shared.mean()) - 1) < 0.02
+    assert torch.all(g.norm1.beta.weight == 0) and abs(float(g.norm1.gamma_shared.detach().mean()) - 1) < 0.02
     with pytest.raises(ValueError, match="divisible by 4"):
         g(torch.rand(2, 1, 30, 30), torch.rand(2, 1, 30, 30), torch.rand(2, 1, 30, 30), torch.randn(2, 8),
           torch.zeros(2, dtype=torch.long))
