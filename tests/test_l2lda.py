@@ -196,3 +196,29 @@ def test_figure2_data_and_files(lenet, tmp_path):
     assert again["methods"] == data["methods"], "seeded"
     js, png = save_figure2(data, tmp_path)
     assert json.loads(js.read_text())["methods"] == data["methods"] and png.stat().st_size > 1000
+
+
+def test_cifar_sized_defense_and_columns_with_resnet():
+    """3×32×32 inputs end to end on random data: ResNet-20's BN statistics stay untouched by the
+    generator's step (classifier in eval mode), and every column keeps the 8/255 ball."""
+    from trainable import genattacks
+    from trainable.data import DataSplits
+    from trainable.models import build_classifier
+
+    g = torch.Generator().manual_seed(0)
+    mk = lambda n: (torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))  # noqa: E731
+    (tx, ty), (vx, vy), (sx, sy) = mk(16), mk(4), mk(6)
+    data = DataSplits("cifar10", tx, ty, vx, vy, sx, sy, np.arange(4))
+    cfg = _cfg(dataset="cifar10", defense="l2lda", gen_attack_steps=1, batch_size=8, T=2)
+    clf = build_classifier("resnet20", "cifar10").train()
+    stats = {k: v.clone() for k, v in clf.state_dict().items() if "running" in k}
+    d = L2LDADefense(cfg, clf, (3, 32, 32), 10, torch.device("cpu"))
+    xt, yt, _ = d.batch(tx[:4], ty[:4], 0)
+    assert xt.shape == (12, 3, 32, 32) and (xt[4:] - torch.cat([tx[:4]] * 2)).abs().max() <= 8 / 255 + 1e-6
+    assert all(torch.equal(v, clf.state_dict()[k]) for k, v in stats.items())
+    assert cfg.lam_value == 0.5 and abs(cfg.eps_step - 2 / 255) < 1e-9
+    ctx = EvalContext(cfg=cfg, data=data, device=torch.device("cpu"), generator=d.generator, seed=0)
+    for col in ("l2lda", "advgan", "gap"):
+        (_, fn, _), = getattr(genattacks, f"prepare_{col}")(clf, ctx)
+        a = fn(clf, sx, sy, eps=8 / 255, generator=torch.Generator().manual_seed(1))
+        assert a.shape == sx.shape and (a - sx).abs().max() <= 8 / 255 + 1e-6 and 0 <= a.min() and a.max() <= 1

@@ -103,7 +103,7 @@ class L2LDADefense(_GeneratorDefense):
         cfg = self.cfg
         self.generator.train()
         loss_cls, loss_div, adv1, adv2 = l2lda_losses(
-            self.generator, self.classifier, x, y, cfg.z_dim, eps=cfg.eps, eps_step=cfg.eps_step,
+            self.generator, self.classifier, x, y, cfg.z_dim, eps=cfg.eps_value, eps_step=cfg.eps_step,
             steps=cfg.gen_steps)
         lam = cfg.lam_value
         # λ = 0 (diversity off) drops the term so its graph is not even differentiated.
@@ -121,6 +121,6 @@ class L2LStarDefense(_GeneratorDefense):
 
     def batch(self, x: Tensor, y: Tensor, iteration: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         self.generator.train()
-        loss_cls, x_adv = l2lstar_loss(self.generator, self.classifier, x, y, eps=self.cfg.eps)
+        loss_cls, x_adv = l2lstar_loss(self.generator, self.classifier, x, y, eps=self.cfg.eps_value)
         generator_step(self.generator, self.optimizer, loss_cls, self.cfg.grad_clip)
         return torch.cat([x, x_adv.detach()]), torch.cat([y, y]), {"train/loss_cls": loss_cls.detach()}
