@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from trainable.generator import (CondBatchNorm2d, Generator, L2LStarGenerator, PlainBatchNorm2d, diversity_loss,
                                  input_gradient, normalize_grad, recursive_attack, rollout)
@@ -27,7 +26,7 @@ def _batch(shape, n=6, seed=0):
 def _kick(gen: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
     """Give a fresh generator non-trivial weights (at N(0, .02) init its tanh output is ~0)."""
     with torch.no_grad():
-        for name, p in gen.named_parameters():
+        for p in gen.parameters():
             if p.dim() > 1:
                 p.mul_(scale / 0.02)
     return gen
