@@ -130,7 +130,7 @@ def test_optuna_sweep_with_conditions_and_rdb_storage(tmp_path, ray_session):
 
     raw = {
         "name": "tiny-optuna",
-        "base": {**TINY, "defense": "l2lda", "cache_dir": str(tmp_path / "cache")},
+        "base": {**{k: v for k, v in TINY.items() if k != "T"}, "defense": "l2lda", "cache_dir": str(tmp_path / "cache")},
         "space": {"diversity": {"choice": [True, False]},
                   "lam": {"loguniform": [1e-3, 1.0], "when": {"diversity": True}},
                   "T": {"int": [1, 3]}},
