@@ -95,6 +95,14 @@ def loopback_cluster(tmp_path_factory):
     finally:
         for p in reversed(nodes):
             _stop(p)
+        # `ray start` recorded this cluster as the machine's current one; once it is gone, a
+        # later plain ray.init() would try to attach to the dead address (`ray stop` removes it).
+        current = Path("/tmp/ray/ray_current_cluster")
+        try:
+            if current.read_text().strip() == address:
+                current.unlink()
+        except OSError:
+            pass
 
 
 def _check_both_nodes(db: Path, experiment: str) -> None:
