@@ -17,6 +17,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import sys
 import time
 from datetime import datetime
@@ -293,6 +294,8 @@ def init_ray(address: str | None, log: Callable[[str], None] = print) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+    if hasattr(ray, "LoggingConfig"):  # workers too: per-checkpoint INFO lines would drown the progress table
+        kwargs["logging_config"] = ray.LoggingConfig(log_level="WARNING")
     node_ip = _node_ip_for(address)
     if node_ip:
         kwargs["_node_ip_address"] = node_ip
@@ -389,6 +392,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _fmt_param(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _error_line(err: BaseException) -> str:
+    """The line naming the exception in a (possibly remote, multi-line) trial error."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    named = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", ln)]
+    line = named[-1] if named else (lines[-1] if lines else type(err).__name__)
+    return re.sub(r"\s+job_id=.*$", "", line)[:300]
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -405,13 +420,16 @@ def summarize(results: Any, study: Study, wall_s: float | None = None) -> str:
     best, best_val = None, None
     sign = 1 if study.mode == "max" else -1
     n_err = 0
+    failures: list[str] = []
     for r in results:
         m = r.metrics or {}
         tid = str(m.get("trial_id") or getattr(r, "path", "?")).rsplit("/", 1)[-1]
         status = "ERROR" if r.error else ("DONE" if m.get("done") else "STOPPED")
         n_err += bool(r.error)
         ck = r.checkpoint.path if r.checkpoint else "-"
-        rows.append([tid, *(_fmt((r.config or {}).get(k, "")) for k in varied), status,
+        if r.error:
+            failures.append(f"  {tid}: {_error_line(r.error)}")
+        rows.append([tid, *(_fmt_param((r.config or {}).get(k, "")) for k in varied), status,
                      _fmt(int(m.get("iteration", 0) or 0)), *(_fmt(m.get(c, "-")) for c in metric_cols), ck])
         v = m.get(study.metric)
         if isinstance(v, (int, float)) and math.isfinite(v) and r.checkpoint and (best_val is None or sign * v > sign * best_val):
@@ -419,6 +437,9 @@ def summarize(results: Any, study: Study, wall_s: float | None = None) -> str:
     lines = [f"\nsweep summary — study {study.name!r}, {len(rows) - 1} trials"
              + (f", {n_err} failed" if n_err else "") + (f", {wall_s:.0f} s" if wall_s is not None else ""),
              _table(rows)]
+    if failures:
+        lines.append("failed trials:")
+        lines.extend(failures)
     if best is not None:
         tid, r = best
         lines.append(f"best trial: {tid} ({study.metric} = {best_val:.4f}, {study.mode}); checkpoint: {r.checkpoint.path}")
