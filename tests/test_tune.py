@@ -197,7 +197,8 @@ def test_smoke_study_end_to_end_through_the_cli(tmp_path):
 
 
 # ---------------------------------------------------------------------- resume
-RESUME_SPEC = """\
+RESUME_SPECS = {
+    "grid": """\
 name: resumable
 base: {dataset: mnist5k, defense: plain, batch_size: 50, warmup: 0, iterations: 600, steps_per_report: 60,
        val_subset: 50, val_columns: [natural], cache_dir: CACHE}
@@ -206,7 +207,19 @@ search: {type: grid, metric: val/natural, mode: max, max_concurrent: 1}
 resources: {cpu: 1}
 checkpoint: {every: 1, keep: 2}
 evaluation: {columns: [natural, fgsm], test_subset: 20}
-"""
+""",
+    # Optuna: the searcher's state must survive, or the resumed sweep would propose new trials.
+    "optuna": """\
+name: resumable
+base: {dataset: mnist5k, defense: plain, batch_size: 50, warmup: 0, iterations: 600, steps_per_report: 60,
+       val_subset: 50, val_columns: [natural], cache_dir: CACHE}
+space: {lr: {loguniform: [0.005, 0.05]}}
+search: {type: optuna, metric: val/natural, mode: max, num_samples: 2, max_concurrent: 1, seed: 3}
+resources: {cpu: 1}
+checkpoint: {every: 1, keep: 2}
+evaluation: {columns: [natural, fgsm], test_subset: 20}
+""",
+}
 
 
 def _trial_children(db: Path) -> list:
@@ -217,9 +230,10 @@ def _trial_children(db: Path) -> list:
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_finishes_with_resume(tmp_path):
+@pytest.mark.parametrize("kind", sorted(RESUME_SPECS))
+def test_interrupted_sweep_finishes_with_resume(kind, tmp_path):
     spec = tmp_path / "resumable.yaml"
-    spec.write_text(RESUME_SPEC.replace("CACHE", str(tmp_path / "cache")))
+    spec.write_text(RESUME_SPECS[kind].replace("CACHE", str(tmp_path / "cache")))
     db = tmp_path / "mlflow.db"
     args = ["--space", str(spec), "--name", "sw", "--storage", str(tmp_path / "runs")]
     driver = subprocess.Popen(cli_cmd(*args), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
@@ -227,8 +241,7 @@ def test_interrupted_sweep_finishes_with_resume(tmp_path):
     try:
         deadline = time.time() + 600
         while time.time() < deadline and driver.poll() is None:
-            done = [r for r in _trial_children(db) if r.data.tags.get("status") == "FINISHED"]
-            if done:
+            if any(r.data.tags.get("status") == "FINISHED" for r in _trial_children(db)):
                 break
             time.sleep(1)
         assert driver.poll() is None, "the sweep ended before it could be interrupted:\n" + driver.stdout.read()[-3000:]
@@ -243,7 +256,9 @@ def test_interrupted_sweep_finishes_with_resume(tmp_path):
         if driver.poll() is None:
             driver.kill()
     before = _trial_children(db)
-    assert len([r for r in before if r.data.tags.get("status") == "FINISHED"]) == 1, first_out[-3000:]
+    finished_before = [r for r in before if r.data.tags.get("status") == "FINISHED"]
+    assert len(finished_before) == 1, first_out[-3000:]
+    first_id = finished_before[0].data.tags["trial_id"]
 
     p = run_cli(*args, "--resume", cwd=tmp_path, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -261,7 +276,9 @@ def test_interrupted_sweep_finishes_with_resume(tmp_path):
         assert len(steps) == len(set(steps)) == 10, steps  # one history, each report once
         assert max(m.value for m in hist) == 600
     # the trial that had finished was not run again: its Tune result log has each report once
-    finished_first = [d for d in (tmp_path / "runs" / "sw").iterdir() if d.is_dir() and "seed=0" in d.name]
-    assert len(finished_first) == 1
-    lines = (finished_first[0] / "result.json").read_text().strip().splitlines()
+    trial_dirs = [d for d in (tmp_path / "runs" / "sw").iterdir() if d.is_dir()]
+    assert len(trial_dirs) == 2, trial_dirs
+    first_dir = [d for d in trial_dirs if f"_{first_id}_" in d.name]
+    assert len(first_dir) == 1
+    lines = (first_dir[0] / "result.json").read_text().strip().splitlines()
     assert len(lines) == 10 and json.loads(lines[-1])["done"] is True
