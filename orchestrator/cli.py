@@ -185,15 +185,34 @@ def export_cmd(experiment: str, out: str, metric: str | None, register: str | No
               help="Evaluation profile: cpu (small, fast) or full (paper budgets).")
 @click.option("--out", default=None, help="Where to write the matrix (JSON/Parquet).")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="MLflow tracking URI.")
+@click.option("--dataset", default=None, help="Dataset of a plain state dict (default mnist5k).")
+@click.option("--model", default=None, help="Classifier of a plain state dict (lenet5, resnet20).")
+@click.option("--columns", default=None, help="Comma-separated matrix columns (default: the profile's).")
+@click.option("--test-subset", type=int, default=None, help="Fixed test points (0: the whole test split).")
+@click.option("--data-root", default=None, help="Where the torchvision datasets live.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the randomised attacks.")
 def eval_cmd(checkpoint: str | None, export_dir: str | None, profile: str, out: str | None,
-             tracking_uri: str | None) -> None:
-    """The robustness matrix of a checkpoint or an export on the test split."""
+             tracking_uri: str | None, dataset: str | None, model: str | None, columns: str | None,
+             test_subset: int | None, data_root: str | None, device: str, seed: int) -> None:
+    """The robustness matrix of a checkpoint, an export or a plain state dict, on the test split."""
     if (checkpoint is None) == (export_dir is None):
         fail("eval: give exactly one of --checkpoint or --export")
     with user_errors():
         from orchestrator.evaluate import eval_command
 
-        eval_command(checkpoint, export_dir, profile, out, tracking_uri)
+        extra: dict[str, Any] = {"device": device, "seed": seed}
+        if dataset is not None:
+            extra["dataset"] = dataset
+        if model is not None:
+            extra["model"] = model
+        if columns is not None:
+            extra["columns"] = [c.strip() for c in columns.split(",") if c.strip()]
+        if test_subset is not None:
+            extra["test_subset"] = test_subset
+        if data_root is not None:
+            extra["data_root"] = data_root
+        eval_command(checkpoint, export_dir, profile, out, tracking_uri, **extra)
 
 
 @cli.command("report")
