@@ -2,14 +2,13 @@
 any MLflow run exists; --dry-run describes every shipped study and runs nothing."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from _ray_fixtures import REPO, cli_env, run_cli
+from _ray_fixtures import cli_env, run_cli
 from orchestrator import cli as cli_mod
 from orchestrator import tune_runner
 from orchestrator.spec import shipped_studies
