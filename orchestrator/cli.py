@@ -229,13 +229,15 @@ def report_cmd(experiment: str, out: str, tracking_uri: str | None) -> None:
 
 @cli.command("figure2")
 @click.option("--checkpoint", required=True, help="An L2L-DA trial checkpoint directory.")
-@click.option("--out", required=True, help="Output PNG path or directory.")
-def figure2_cmd(checkpoint: str, out: str) -> None:
-    """The paper's Figure 2: adversarial examples of the generator for several z."""
+@click.option("--out", required=True, help="Output directory (figure2.json and figure2.png).")
+@click.option("--images", default=200, show_default=True, help="Fixed test images to attack.")
+@click.option("--draws", default=10, show_default=True, help="Draws per image (PGD restarts, z samples).")
+def figure2_cmd(checkpoint: str, out: str, images: int, draws: int) -> None:
+    """The paper's Figure 2: CE loss per attack iteration of PGD, L2L and L2L-DA (max and std over draws)."""
     with user_errors():
         from orchestrator.figures import figure2_command
 
-        figure2_command(checkpoint, out)
+        figure2_command(checkpoint, out, n_images=images, draws=draws)
 
 
 def main(argv: list[str] | None = None) -> None:

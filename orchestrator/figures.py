@@ -63,3 +63,24 @@ def save_figure2(data: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Pa
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     os.replace(tmp, js)
     return [js, plot_figure2(data, d / "figure2.png")]
+
+
+def figure2_command(checkpoint: str, out: str, *, n_images: int = 200, draws: int = 10,
+                    log=print) -> list[Path]:
+    """`l2lda-tune figure2`: Figure 2 of the paper for a trial checkpoint, written under `out`.
+
+    The trial's own generator is used for its method (L2L-DA or L2L*); the missing ones are
+    trained against the frozen classifier for the checkpoint's ``gen_attack_steps``.
+    """
+    from trainable.figure2 import compute_figure2
+    from trainable.runner import Experiment
+
+    exp = Experiment.from_checkpoint(checkpoint, log=log)
+    data = compute_figure2(exp.classifier, exp.cfg, exp.data, generator=exp.defense.generator,
+                           n_images=n_images, draws=draws, seed=exp.cfg.seed, log=log)
+    paths = save_figure2(data, out)
+    for m, c in data["methods"].items():
+        log(f"{LABELS.get(m, m):7s} max loss t=1 {c['max'][0]:.3f}  t={len(c['max'])} {c['max'][-1]:.3f}  "
+            f"mean std {sum(c['std']) / len(c['std']):.4f}")
+    log(f"wrote {', '.join(map(str, paths))}")
+    return paths
