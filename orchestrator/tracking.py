@@ -386,6 +386,11 @@ class MLflowCallback(Callback):
         run = self._trial_run(trial)
         run.tags["status"] = "RECOVERING"
         run.tags["last_failure"] = failure_reason(trial)
+        # Tune calls on_trial_restore only for a driver-side restore, not when it recovers a
+        # crashed actor: record here which checkpoint the retried trial continues from.
+        path = self._checkpoint_path(trial)
+        if path:
+            run.tags["restored_from"] = _tag(path)
         run.tags["num_failures"] = str(getattr(trial, "num_failures", "") or "")
         self._flush(force=True)
 
