@@ -370,7 +370,11 @@ def run_study(study: Study, *, name: str, storage: str, tracking_uri: str, addre
         path = f"{storage.rstrip('/')}/{name}"
         if resume:
             say(f"resuming sweep {name} from {path}")
-            tuner = tune.Tuner.restore(path, trainable=trainable_with_resources(study), resume_errored=True)
+            try:
+                tuner = tune.Tuner.restore(path, trainable=trainable_with_resources(study), resume_errored=True)
+            except Exception as exc:  # a truncated or foreign tuner.pkl / experiment state: one line, exit 2
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise ResumeError(f"--resume: {path} is not a usable sweep ({type(exc).__name__}: {first})") from None
         else:
             callbacks = make_callbacks(study, tracking_uri=tracking_uri, name=name, storage=storage, resume=False)
             tuner = build_tuner(study, name=name, storage=storage, callbacks=callbacks, reporter=reporter)
