@@ -4,6 +4,7 @@ through it once with `--address` and once submitted to the head's job server wit
 `ray job submit`; each child run records its node, and trials ran on both nodes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -69,9 +71,10 @@ def _alive_nodes(address: str, env: dict) -> int:
         return 0
 
 
-@pytest.fixture(scope="module")
-def loopback_cluster(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cluster")
+@contextlib.contextmanager
+def start_loopback_cluster(tmp: Path) -> Iterator[dict]:
+    """Head on 127.0.0.2 and a second node on 127.0.0.3, one CPU each; yields the address, the
+    job server's URL, the environment and the two `ray start --block` processes (`head`, `worker`)."""
     port, dash = free_port(HEAD_IP), free_port(HEAD_IP)
     env = cli_env(RAY_AUTH_MODE="disabled")
     head = _start(["--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
@@ -91,7 +94,8 @@ def loopback_cluster(tmp_path_factory):
             assert worker.poll() is None, (tmp / "node.log").read_text()[-3000:]
             time.sleep(2)
         assert _alive_nodes(address, env) == 2, "the second node did not join"
-        yield {"address": address, "dashboard": f"http://{HEAD_IP}:{dash}", "tmp": tmp, "env": env}
+        yield {"address": address, "dashboard": f"http://{HEAD_IP}:{dash}", "tmp": tmp, "env": env,
+               "head": head, "worker": worker}
     finally:
         for p in reversed(nodes):
             _stop(p)
@@ -103,6 +107,12 @@ def loopback_cluster(tmp_path_factory):
                 current.unlink()
         except OSError:
             pass
+
+
+@pytest.fixture(scope="module")
+def loopback_cluster(tmp_path_factory):
+    with start_loopback_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
 
 
 def _check_both_nodes(db: Path, experiment: str) -> None:
