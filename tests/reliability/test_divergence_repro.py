@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from conftest import children_of, tiny_spec
+from _faults import children_of, tiny_spec
 from orchestrator import tune_runner
 from orchestrator.spec import build_study
 

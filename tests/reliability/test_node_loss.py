@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from _ray_fixtures import cli_cmd, cli_env, mlflow_runs
-from conftest import kill_group, steps_of, tiny_spec, trial_results, wait_for, write_spec
+from _faults import kill_group, steps_of, tiny_spec, trial_results, wait_for, write_spec
 from test_cluster import HEAD_IP, NODE_IP, _alive_nodes, _stop, start_loopback_cluster
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from conftest import children_of, steps_of, tiny_spec, trial_results, wait_for
+from _faults import children_of, steps_of, tiny_spec, trial_results, wait_for
 from orchestrator import tune_runner
 from orchestrator.spec import build_study
 
