@@ -104,14 +104,14 @@ def run_case(label: str, base: dict, seeds: list[int], cpu: float, gpu: float, r
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iterations", type=int, default=0, help="adversarial iterations per trial (default 400 GPU, 30 CPU)")
+    ap.add_argument("--iterations", type=int, default=0, help="adversarial iterations per trial (default 400 GPU, 60 CPU)")
     ap.add_argument("--steps-per-report", type=int, default=0, help="default 50 GPU, 5 CPU")
     ap.add_argument("--cpu", action="store_true", help="the CPU comparison even when a GPU is present")
     args = ap.parse_args()
     import torch
 
     use_gpu = torch.cuda.is_available() and not args.cpu
-    iterations = args.iterations or (400 if use_gpu else 30)
+    iterations = args.iterations or (400 if use_gpu else 60)
     spr = args.steps_per_report or (50 if use_gpu else 5)
     root = tempfile.mkdtemp(prefix="l2lda-packing-")
     base = smoke_base(iterations, spr, os.path.join(root, "cache"))
