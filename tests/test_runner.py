@@ -10,15 +10,16 @@ from trainable.runner import DivergenceError, Experiment, run
 
 
 def test_pgd_at_raises_pgd10_accuracy_well_above_plain(trained):
-    # ε = 0.1 so that a few hundred iterations suffice: PGD-AT at the paper's ε = 0.3 first sits on
-    # a plateau (loss ≈ ln 10) for several hundred iterations with SGD lr 0.01 before it escapes.
-    plain = trained("plain", iterations=800, warmup=0, eps=0.1)
-    at = trained("pgd10_at", iterations=300, warmup=100, eps=0.1)
+    # No augmentation so that a few hundred iterations suffice: PGD-AT at ε = 0.3 first sits on a
+    # plateau (loss ≈ ln 10) with SGD lr 0.01, and MNIST's random-crop augmentation prolongs it
+    # (measured: val pgd10 29.5% with vs 67.5% without after 300 + 1500 iterations).
+    plain = trained("plain", iterations=800, warmup=0)
+    at = trained("pgd10_at", iterations=300, warmup=300, augment=False)  # shared with test_attacks
     rp = plain.robustness_matrix(("natural", "pgd10"))
     ra = at.robustness_matrix(("natural", "pgd10"))
-    assert rp.metrics["matrix/natural"] > 0.85
-    assert rp.metrics["matrix/pgd10"] < 0.10
-    assert ra.metrics["matrix/pgd10"] > rp.metrics["matrix/pgd10"] + 0.25
+    assert rp.metrics["matrix/natural"] > 0.85 and ra.metrics["matrix/natural"] > 0.85
+    assert rp.metrics["matrix/pgd10"] < 0.05
+    assert ra.metrics["matrix/pgd10"] > rp.metrics["matrix/pgd10"] + 0.15
 
 
 def _cfg(cache_dir, **kw):
