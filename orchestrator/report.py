@@ -95,7 +95,7 @@ def collect(client: Any, experiment: str) -> list[dict[str, Any]]:
             profile = mj.get("profile", {}) or {}
             n = int(mj.get("n") or profile.get("n") or 0)
             recs.append({"run_id": r.info.run_id, "name": r.data.tags.get("trial_name", r.info.run_id),
-                         "params": dict(r.data.params), "metrics": metrics, "n": n,
+                         "params": dict(r.data.params), "metrics": metrics, "n": n, "eps": profile.get("eps"),
                          "masking": (mj.get("checks", {}) or {}).get("masking", {}),
                          "eps_curve": profile.get("eps_curve") or []})
     return recs
@@ -243,8 +243,9 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
     rows = _group(recs, keys)
     written: dict[str, Any] = {"tables": {}}
     md = [f"# Robustness report: {experiment}" if experiment else "# Robustness report", ""]
-    eps_vals = sorted({r["params"].get("eps", "") for r in recs})
-    md.append(f"{len(recs)} finished trials, {len(rows)} rows; ε = {', '.join(map(str, eps_vals))}. "
+    # The ε the matrix ran at (the profile's, resolved), not the config's (None = dataset default).
+    eps_vals = sorted({round(float(r["eps"]), 6) for r in recs if r.get("eps") is not None})
+    md.append(f"{len(recs)} finished trials, {len(rows)} rows; ε = {', '.join(f'{e:g}' for e in eps_vals) or 'unknown'}. "
               "Cells: accuracy (%) mean ± std over seeds, [95% Wilson interval over the pooled test points]. "
               "`worst` counts a point only if it survives every column that ran (transfer included).")
     md.append("")
