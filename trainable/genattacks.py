@@ -87,6 +87,14 @@ def _strongest(model: nn.Module, x_adv: Tensor, y: Tensor, k: int) -> tuple[Tens
 
 
 # ---------------------------------------------------------------------------------------------- L2L-DA
+def _attacker_optimizer(generator: nn.Module, *, adam: bool, lr: float, momentum: float,
+                        weight_decay: float) -> torch.optim.Optimizer:
+    """Adam (β1 0.5, the columns' choice, see ATTACKER_LR) or SGD like the joint training."""
+    if adam:
+        return torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
+    return torch.optim.SGD(generator.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
 def train_l2lda_attacker(generator: Generator, model: nn.Module, x: Tensor, y: Tensor, *, steps: int,
                          batch: int, eps: float, eps_step: float, T: int, lam: float, lr: float,
                          momentum: float, weight_decay: float, clip: float, seed: int, adam: bool = False) -> Generator:
@@ -96,8 +104,7 @@ def train_l2lda_attacker(generator: Generator, model: nn.Module, x: Tensor, y: T
     fine-tuned for 48k steps). Grad-norm clip `clip` either way. Returns the generator in eval mode.
     """
     gen = torch.Generator().manual_seed(seed)
-    opt = (torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999)) if adam else
-           torch.optim.SGD(generator.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay))
+    opt = _attacker_optimizer(generator, adam=adam, lr=lr, momentum=momentum, weight_decay=weight_decay)
     generator.train()
     with preserve_mode(model, False):
         for xb, yb in _batches(x, y, steps, batch, gen):
@@ -170,8 +177,7 @@ def train_l2lstar_attacker(generator: L2LStarGenerator, model: nn.Module, x: Ten
                            clip: float, seed: int, adam: bool = False) -> L2LStarGenerator:
     """Train an L2L* generator (one-shot, [x, ∇L(x)]) against a frozen classifier; returns it in eval mode."""
     gen = torch.Generator().manual_seed(seed)
-    opt = (torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999)) if adam else
-           torch.optim.SGD(generator.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay))
+    opt = _attacker_optimizer(generator, adam=adam, lr=lr, momentum=momentum, weight_decay=weight_decay)
     generator.train()
     with preserve_mode(model, False):
         for xb, yb in _batches(x, y, steps, batch, gen):
