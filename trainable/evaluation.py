@@ -42,7 +42,6 @@ COLUMN_KINDS = {
     "apgd_ce": "parameter_free", "apgd_t": "parameter_free", "square": "gradient_free",
     "autoattack": "parameter_free", "transfer": "transfer",
 }
-PAPER_COLUMNS = ("natural", "fgsm", "pgd10", "pgd100", "cw100", "cw1000", "advgan", "gap", "l2lda")
 
 
 def known_columns() -> list[str]:
