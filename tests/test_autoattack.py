@@ -78,8 +78,11 @@ def test_apgd_is_at_least_as_strong_as_pgd10(plain):
 
 
 def test_square_schedule_and_queries_only_correct_points(plain):
-    assert square_p(0, 5000) == 0.8 and square_p(5000, 5000) == 0.8 / 512
-    assert square_p(300, 1000) == square_p(1500, 5000)  # the schedule is rescaled to the query budget
+    # AutoAttack's standard Square (resc_schedule=False): the schedule follows the raw iteration
+    # number, whatever the query budget — with 1000 queries the last p is p_init/16, not /512.
+    assert square_p(0) == square_p(10) == 0.8 and square_p(11) == 0.8 / 2
+    assert square_p(999) == 0.8 / 16 and square_p(1000) == 0.8 / 16 and square_p(1001) == 0.8 / 32
+    assert square_p(4999) == 0.8 / 128 and square_p(8001) == square_p(10 ** 6) == 0.8 / 512
 
     class Counting(nn.Module):
         def __init__(self, m):

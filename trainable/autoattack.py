@@ -14,8 +14,9 @@ Own implementations (issue 5) of
   (AutoAttack's "standard" version).
 * Square — Andriushchenko et al., "Square Attack: a query-efficient black-box adversarial
   attack via random search", ECCV 2020, ℓ∞: vertical-stripe initialisation, margin loss,
-  square side from the p schedule by query count, per-example windows, queries only for
-  points still correctly classified.
+  square side from the p schedule indexed by the raw iteration number (AutoAttack's
+  standard version: not rescaled to the query budget), per-example windows, queries only
+  for points still correctly classified.
 * AutoAttack — the cascade APGD-CE → APGD-T → Square on the points still correct (FAB-T
   left out: in the standard evaluation it almost never adds a point once APGD-T ran).
 
@@ -244,10 +245,13 @@ def apgd_targeted(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: 
 
 
 # ---------------------------------------------------------------------------- Square
-def square_p(query: int, n_queries: int, p_init: float = SQUARE_P_INIT) -> float:
-    """Fraction of pixels changed at a query (Andriushchenko et al. 2020), the schedule for
-    10 000 queries rescaled to `n_queries` (as AutoAttack does)."""
-    it = int(query / n_queries * 10000)
+def square_p(it: int, p_init: float = SQUARE_P_INIT) -> float:
+    """Fraction of pixels changed at random-search iteration `it` (0-based), Andriushchenko et al.
+    2020: p_init, halved after 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 iterations.
+
+    Indexed by the raw iteration number, never rescaled to the query budget: AutoAttack's
+    standard version builds Square with ``resc_schedule=False``, so with 1000 queries the last
+    p is p_init/16, not p_init/512."""
     for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
                        (6000, 128), (8000, 256)):
         if it <= bound:
@@ -288,7 +292,7 @@ def square(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_queries: int
             if idx.numel() == 0:
                 break
             b = idx.numel()
-            p = square_p(q, n_queries, p_init)
+            p = square_p(q - 1, p_init)  # query 0 was the initialisation
             s = min(max(int(round(math.sqrt(p * h * w))), 1), min(h, w))
             vh = _randint(max(h - s, 1), (b,), generator, dev).view(b, 1, 1, 1)
             vw = _randint(max(w - s, 1), (b,), generator, dev).view(b, 1, 1, 1)
@@ -369,7 +373,8 @@ def prepare_square(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, dict
     def run(m, x, y, *, eps, generator=None):
         return square(m, x, y, eps=eps, n_queries=nq, generator=generator)
 
-    return [("square", run, {"n_queries": nq, "p_init": SQUARE_P_INIT, "loss": "margin", "init": "stripes"})]
+    return [("square", run, {"n_queries": nq, "p_init": SQUARE_P_INIT, "loss": "margin", "init": "stripes",
+                             "rescale_schedule": False})]
 
 
 def prepare_autoattack(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, dict]]:
