@@ -2,15 +2,21 @@
 
 Reads the study's child runs (role ``trial``, status FINISHED) with ``MlflowClient``:
 params are the flat TrialConfig fields, metrics ``matrix/<col>``, ``transfer/<X>/<attack>``
-and ``check/<flag>``, and the artifact ``robustness_matrix.json`` (profile: test-point
-count, ε-curve; checks: gradient-masking flags with their numbers). Writes to ``--out``:
+and ``check/<flag>``, and the artifacts ``robustness_matrix.json`` (profile: test-point
+count, ε-curve; checks: gradient-masking flags with their numbers) and
+``robustness_matrix.parquet`` (per-example correctness vectors). Writes to ``--out``:
 
 * ``report.md`` — Table 1 (ablation: L2L-DA rows by the flags that vary, R×D / δ×y),
   Table 2 (defenses × white-box, parameter-free and gradient-free attacks, Min, worst),
   Table 3 (defenses × transfer from surrogates A/B/C, Min), each cell
   ``mean ± std`` over seeds (percent) with a 95% Wilson interval over the pooled test points;
+  under each table its *paired comparisons*: for each pair of rows, the difference in
+  worst-case accuracy (first − second, mean over the seeds both ran, 95% t-interval over
+  seeds) and the exact McNemar test on the pooled per-example vectors (McNemar 1947;
+  Dietterich 1998), ``*`` when p < 0.05 — the pairing rule is in :mod:`orchestrator.stats`;
   then every gradient-masking flag that fired, as a warning;
 * ``table1.parquet``, ``table2.parquet``, ``table3.parquet`` — the same cells, long format;
+* ``paired.json`` (with the per-seed tests) and ``paired.parquet`` — the paired comparisons;
 * ``heatmap.png`` — Table 2's means; ``eps_curve_<row>.png`` — accuracy vs ε per defense.
 
 Our ``cw100``/``cw1000`` are ℓ∞ PGD on the C&W margin loss, not the paper's C&W
@@ -28,7 +34,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from orchestrator.artifacts import MATRIX_JSON
+from orchestrator import stats
+from orchestrator.artifacts import MATRIX_JSON, MATRIX_PARQUET, read_matrix_parquet
+from trainable.defenses import DEFENSES
 from trainable.evaluation import binomial_ci
 
 # Column order of Table 2 (paper's columns, then the parameter-free and gradient-free ones).
@@ -80,8 +88,18 @@ def _matrix_json(client: Any, run_id: str, tmp: Path) -> dict:
         return {}
 
 
+def _matrix_vectors(client: Any, run_id: str, tmp: Path) -> dict | None:
+    """The run's per-example correctness vectors (robustness_matrix.parquet), or None."""
+    try:
+        p = client.download_artifacts(run_id, MATRIX_PARQUET, str(tmp / run_id))
+        return read_matrix_parquet(p)
+    except Exception:  # older runs, or a matrix that was not rendered: no paired test for them
+        return None
+
+
 def collect(client: Any, experiment: str) -> list[dict[str, Any]]:
-    """One record per finished trial: params, metrics, test-point count, masking flags, ε-curve."""
+    """One record per finished trial: params, metrics, test-point count, masking flags, ε-curve,
+    and ``matrix`` — the correctness vectors and test indices for paired comparisons (or None)."""
     runs = _runs(client, experiment)
     recs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +115,8 @@ def collect(client: Any, experiment: str) -> list[dict[str, Any]]:
             recs.append({"run_id": r.info.run_id, "name": r.data.tags.get("trial_name", r.info.run_id),
                          "params": dict(r.data.params), "metrics": metrics, "n": n, "eps": profile.get("eps"),
                          "masking": (mj.get("checks", {}) or {}).get("masking", {}),
-                         "eps_curve": profile.get("eps_curve") or []})
+                         "eps_curve": profile.get("eps_curve") or [],
+                         "matrix": _matrix_vectors(client, r.info.run_id, Path(tmp))})
     return recs
 
 
@@ -225,7 +244,175 @@ def write_eps_curve(row: str, members: Sequence[Mapping[str, Any]], path: Path) 
     return path
 
 
+# ------------------------------------------------------------------ paired comparisons
+# Up to this many rows a table compares every pair of rows; beyond, every row against the
+# row with the highest mean worst case (so an HPO study does not print thousands of pairs).
+MAX_ALL_PAIRS_ROWS = 8
+
+
+def _seed_key(m: Mapping[str, Any]) -> Any:
+    s = m["params"].get("seed")
+    try:
+        return int(s)
+    except (TypeError, ValueError):
+        return s
+
+
+def _by_seed(row: str, members: Sequence[Mapping[str, Any]]) -> dict[Any, Mapping[str, Any]]:
+    out: dict[Any, Mapping[str, Any]] = {}
+    for m in members:
+        s = _seed_key(m)
+        if s in out:
+            raise stats.PairingError(f"{row}: two runs with seed {s} ({out[s]['name']}, {m['name']}), "
+                                     f"so pairing by seed is ambiguous")
+        out[s] = m
+    return out
+
+
+def _metric_only(a: Mapping[Any, Mapping[str, Any]], b: Mapping[Any, Mapping[str, Any]],
+                 metric: str) -> dict[str, Any]:
+    """Difference of a recorded metric paired by seed, for runs without correctness vectors."""
+    common = sorted((s for s in a if s in b and metric in a[s]["metrics"] and metric in b[s]["metrics"]), key=str)
+    diffs = [a[s]["metrics"][metric] - b[s]["metrics"][metric] for s in common]
+    return {"seeds": common, "diff": stats.t_interval(diffs),
+            "acc_a": stats.t_interval([a[s]["metrics"][metric] for s in common]),
+            "acc_b": stats.t_interval([b[s]["metrics"][metric] for s in common])}
+
+
+def compare_rows(table: str, first: str, second: str, members_a: Sequence[Mapping[str, Any]],
+                 members_b: Sequence[Mapping[str, Any]], *, differs: Sequence[str] = (),
+                 columns: Any = None, metric: str | None = "matrix/worst") -> dict[str, Any]:
+    """One paired comparison, first − second (see :mod:`orchestrator.stats` for the rule):
+    runs paired by seed, the worst case recomputed from the correctness vectors, per-seed and
+    pooled exact McNemar tests. Without vectors, the difference of ``metric`` and no test."""
+    e: dict[str, Any] = {"table": table, "a": first, "b": second, "differs": ", ".join(differs), "seeds": 0,
+                         "seed_list": "", "diff_mean": math.nan, "diff_std": math.nan, "diff_ci_low": math.nan,
+                         "diff_ci_high": math.nan, "acc_a": math.nan, "acc_b": math.nan, "mcnemar_b": None,
+                         "mcnemar_c": None, "n_pairs": 0, "p": None, "significant": False, "per_seed": [], "note": ""}
+    try:
+        a, b = _by_seed(first, members_a), _by_seed(second, members_b)
+        if all(m.get("matrix") for m in (*a.values(), *b.values())):
+            cmp = stats.compare_runs({s: m["matrix"] for s, m in a.items()}, {s: m["matrix"] for s, m in b.items()},
+                                     names=(first, second), columns=columns)
+            res = {"seeds": cmp.seeds, "diff": cmp.diff, "acc_a": cmp.acc_a, "acc_b": cmp.acc_b}
+            e.update(mcnemar_b=cmp.pooled.b, mcnemar_c=cmp.pooled.c, n_pairs=cmp.pooled.n, p=cmp.pooled.p,
+                     significant=cmp.pooled.significant, per_seed=cmp.per_seed)
+        elif metric is not None:
+            res = _metric_only(a, b, metric)
+            e["note"] = "no correctness vectors for some runs: no McNemar test"
+        else:
+            raise stats.PairingError("no correctness vectors for some runs")
+    except stats.PairingError as exc:
+        e["note"] = str(exc)
+        return e
+    e.update(seeds=len(res["seeds"]), seed_list=",".join(map(str, res["seeds"])), diff_mean=res["diff"].mean,
+             diff_std=res["diff"].std, diff_ci_low=res["diff"].ci_low, diff_ci_high=res["diff"].ci_high,
+             acc_a=res["acc_a"].mean, acc_b=res["acc_b"].mean)
+    if not res["seeds"]:
+        e["note"] = e["note"] or "no seed common to both rows"
+    return e
+
+
+def row_pairs(rows: Mapping[str, Sequence[Mapping[str, Any]]], identity: Mapping[str, Mapping[str, Any]],
+              rank: Mapping[str, Any]) -> tuple[list[tuple[str, str, list[str]]], str]:
+    """(first, second, what differs) for the table's pairs, and a note on how they were chosen.
+
+    Within a pair the row with the higher ``rank`` comes first (Table 1: more ablation flags
+    on; Table 2: the later defense in the registry, L2L-DA last, then more flags on), so
+    Δ > 0 reads as the paper's claim ("R helps", "L2L-DA beats PGD-AT"); equal ranks keep the
+    table's order."""
+    names = list(rows)
+
+    def differs(x: str, y: str) -> list[str]:
+        keys = list(dict.fromkeys([*identity[x], *identity[y]]))
+        out = [k for k in keys if identity[x].get(k) != identity[y].get(k)]
+        if "defense" in out:  # another defense: its L2L-DA flags are no further difference
+            out = [k for k in out if k not in ABLATION_FLAGS]
+        return out
+
+    def ordered(x: str, y: str) -> tuple[str, str, list[str]]:
+        if rank[y] > rank[x]:
+            x, y = y, x
+        return x, y, differs(x, y)
+
+    if len(names) <= MAX_ALL_PAIRS_ROWS:
+        return [ordered(x, y) for i, x in enumerate(names) for y in names[i + 1:]], "every pair of rows"
+
+    def worst(r: str) -> float:
+        v = [m["metrics"]["matrix/worst"] for m in rows[r] if "matrix/worst" in m["metrics"]]
+        return float(np.mean(v)) if v else -math.inf
+
+    ref = max(names, key=worst)
+    return ([(ref, y, differs(ref, y)) for y in names if y != ref],
+            f"{len(names)} rows: each against `{ref}`, the row with the highest mean worst case (chosen on these "
+            "test numbers, so its p-values are optimistic)")
+
+
+def _pts(x: float, sign: bool = False) -> str:
+    return "–" if x is None or math.isnan(x) else (f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}")
+
+
+def paired_markdown(entries: Sequence[Mapping[str, Any]], how: str, measure: str = "worst-case accuracy") -> list[str]:
+    """The paired-comparisons section of one table (Markdown lines)."""
+    lines = [f"**Paired comparisons** ({how}). Δ = first − second in {measure} (points), mean over the seeds "
+             "both rows ran, with its 95% t-interval over seeds (≥ 2 seeds). b = test points the first gets right "
+             "and the second wrong, c = the reverse, pooled over the seed pairs; p = exact two-sided McNemar test "
+             "(McNemar 1947; Dietterich 1998) on the pooled pairs; `*` = p < 0.05, not corrected for the number "
+             "of pairs.", "",
+             "| first | second | differs in | seeds | Δ (pts) | 95% t-interval | b | c | p | sig. | p per seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        ci = (f"[{_pts(e['diff_ci_low'], True)}, {_pts(e['diff_ci_high'], True)}]"
+              if not math.isnan(e["diff_ci_low"]) else "–")
+        per = ", ".join(stats.format_p(r["p"]) for r in e["per_seed"]) or "–"
+        b = "–" if e["mcnemar_b"] is None else str(e["mcnemar_b"])
+        c = "–" if e["mcnemar_c"] is None else str(e["mcnemar_c"])
+        lines.append("| " + " | ".join([e["a"], e["b"], e["differs"] or "–", str(e["seeds"]),
+                                         _pts(e["diff_mean"], True), ci, b, c, stats.format_p(e["p"]),
+                                         "*" if e["significant"] else "", per]) + " |")
+    notes = [f"- {e['a']} vs {e['b']}: {e['note']}" for e in entries if e["note"]]
+    if notes:
+        lines += ["", *notes]
+    return lines
+
+
+def _write_paired(entries: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
+    """paired.json (with the per-seed tests) and paired.parquet (one flat row per pair)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from orchestrator.artifacts import _jsonable
+
+    js = out / "paired.json"
+    js.write_text(json.dumps(_jsonable(list(entries)), indent=2, ensure_ascii=False))
+    flat = [{k: v for k, v in e.items() if k != "per_seed"} for e in entries]
+    for f, e in zip(flat, entries):
+        f["p_per_seed"] = ",".join(f"{r['p']:.6g}" for r in e["per_seed"])
+    schema = pa.schema([("table", pa.string()), ("a", pa.string()), ("b", pa.string()), ("differs", pa.string()),
+                        ("seeds", pa.int64()), ("seed_list", pa.string()), ("diff_mean", pa.float64()),
+                        ("diff_std", pa.float64()), ("diff_ci_low", pa.float64()), ("diff_ci_high", pa.float64()),
+                        ("acc_a", pa.float64()), ("acc_b", pa.float64()), ("mcnemar_b", pa.int64()),
+                        ("mcnemar_c", pa.int64()), ("n_pairs", pa.int64()), ("p", pa.float64()),
+                        ("significant", pa.bool_()), ("note", pa.string()), ("p_per_seed", pa.string())])
+    pq.write_table(pa.Table.from_pylist(flat, schema=schema), out / "paired.parquet")
+    return [js, out / "paired.parquet"]
+
+
 # ------------------------------------------------------------------ the report
+_DEFENSE_RANK = {name: i for i, name in enumerate(DEFENSES)}
+
+
+def _on(v: Any) -> bool:
+    return str(v).lower() == "true"
+
+
+def _identity(rec: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """What names a Table 2 row (as row_label does): the defense and the params that vary."""
+    p = rec["params"]
+    return {"defense": p.get("defense"),
+            **{k: p.get(k) for k in keys if k not in ABLATION_FLAGS or p.get("defense") in ("l2lda",)}}
+
+
 def _group(recs: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, list[Mapping[str, Any]]]:
     rows: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for r in sorted(recs, key=lambda r: (r["params"].get("defense", ""), row_label(r, keys))):
@@ -242,6 +429,7 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
     keys = _identity_keys(recs)
     rows = _group(recs, keys)
     written: dict[str, Any] = {"tables": {}}
+    paired: list[dict[str, Any]] = []
     md = [f"# Robustness report: {experiment}" if experiment else "# Robustness report", ""]
     # The ε the matrix ran at (the profile's, resolved), not the config's (None = dataset default).
     eps_vals = sorted({round(float(r["eps"]), 6) for r in recs if r.get("eps") is not None})
@@ -260,13 +448,22 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
 
         other = [k for k in keys if k not in ABLATION_FLAGS]
         t1rows: dict[str, list] = defaultdict(list)
+        t1id: dict[str, dict[str, Any]] = {}
         for r in sorted(l2l, key=abl):
             extra = ", ".join(f"{k}={r['params'].get(k)}" for k in other)
-            t1rows[abl(r) + (f" ({extra})" if extra else "")].append(r)
+            label = abl(r) + (f" ({extra})" if extra else "")
+            t1rows[label].append(r)
+            t1id[label] = {**{ABLATION_SHORT[f]: _on(r["params"].get(f)) for f in varying},
+                           **{k: r["params"].get(k) for k in other}}
         cols = [(c, f"matrix/{c}") for c in TABLE1_COLUMNS]
         cells1 = build_table(recs, t1rows, cols)
         md += ["## Table 1 — ablation of L2L-DA", "", markdown_table(cells1, "flags"), ""]
         written["tables"]["table1"] = _write_parquet(cells1, out / "table1.parquet", "table1")
+        # "R helps", "D helps": pairs named by the flags that differ, the flag-on row first.
+        pairs, how = row_pairs(t1rows, t1id, {k: sum(v is True for v in t1id[k].values()) for k in t1rows})
+        p1 = [compare_rows("table1", x, y, t1rows[x], t1rows[y], differs=d) for x, y, d in pairs]
+        md += [*paired_markdown(p1, how), ""]
+        paired += p1
     # Table 2: defenses × attacks.
     cells2 = build_table(recs, rows, [(c, f"matrix/{c}") for c in TABLE2_COLUMNS])
     md += ["## Table 2 — white-box, parameter-free and gradient-free attacks", "", markdown_table(cells2), "",
@@ -275,6 +472,15 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
            "with the paper's C&W column. `min` is the paper's lowest white-box column; `autoattack` is our "
            "APGD-CE → APGD-T → Square cascade (no FAB-T).", ""]
     written["tables"]["table2"] = _write_parquet(cells2, out / "table2.parquet", "table2")
+    ident = {row: _identity(members[0], keys) for row, members in rows.items()}
+    rank = {row: (_DEFENSE_RANK.get(members[0]["params"].get("defense"), -1),
+                  sum(_on(members[0]["params"].get(f)) for f in ABLATION_FLAGS if f in ident[row]))
+            for row, members in rows.items()}
+    pairs, how = row_pairs(rows, ident, rank)
+    if pairs:
+        p2 = [compare_rows("table2", x, y, rows[x], rows[y], differs=d) for x, y, d in pairs]
+        md += [*paired_markdown(p2, how), ""]
+        paired += p2
     if cells2:
         written["heatmap"] = write_heatmap(cells2, out / "heatmap.png", f"{experiment}: accuracy (%)")
     # Table 3: black-box transfer.
@@ -285,6 +491,12 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
         md += ["## Table 3 — black-box transfer (surrogates A plain, B FGSM-AT, C PGD10-AT)", "",
                markdown_table(cells3), ""]
         written["tables"]["table3"] = _write_parquet(cells3, out / "table3.parquet", "table3")
+        if pairs:
+            p3 = [compare_rows("table3", x, y, rows[x], rows[y], differs=d, columns=stats.transfer_only, metric=None)
+                  for x, y, d in pairs]
+            md += [*paired_markdown(p3, how, "transfer worst case (correct on natural input and under every "
+                                             "transfer column)"), ""]
+            paired += p3
     else:
         md += ["## Table 3 — black-box transfer", "", "No transfer columns ran in this study "
                "(add `transfer` to `eval_columns`).", ""]
@@ -311,6 +523,8 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
         md += ["## Accuracy vs ε", "", *[f"![{c.stem}]({c.name})" for c in curves], ""]
     written["eps_curves"] = curves
     (out / "report.md").write_text("\n".join(md))
+    written["paired"] = _write_paired(paired, out)
+    written["paired_comparisons"] = paired
     written["report"] = out / "report.md"
     written["warnings"] = warn
     return written
@@ -325,6 +539,8 @@ def report_command(experiment: str, out: str, tracking_uri: str | None = None) -
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     client = MlflowClient(tracking_uri=uri)
     written = make_report(collect(client, experiment), out, experiment)
+    pairs = written["paired_comparisons"]
     print(f"report: {written['report']} ({', '.join(sorted(written['tables']))}; "
+          f"{len(pairs)} paired comparisons, {sum(e['significant'] for e in pairs)} significant at 5%; "
           f"{len(written['warnings'])} masking warnings)")
     return written

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from orchestrator.artifacts import write_matrix_parquet
 from orchestrator.report import ReportError, make_report, report_command
 
 
@@ -29,6 +31,11 @@ def _log_trial(client, exp_id, tmp_path, defense, seed, acc, flags=(), recursive
     d.mkdir()
     (d / "robustness_matrix.json").write_text(json.dumps(mj))
     client.log_artifact(rid, str(d / "robustness_matrix.json"))
+    # Correctness vectors: the first round(acc · 200) test points survive each column.
+    correct = {c: np.arange(200) < round(200 * v) for c, v in acc.items() if c not in ("min", "worst")}
+    write_matrix_parquet({"metrics": metrics, "correct": correct, "indices": np.arange(200) * 5,
+                          "profile": {"n": 200, "eps": 0.3}}, d / "robustness_matrix.parquet")
+    client.log_artifact(rid, str(d / "robustness_matrix.parquet"))
     client.set_terminated(rid, "FINISHED")
 
 
@@ -65,7 +72,88 @@ def test_report_writes_three_tables_flags_and_figures(tmp_path):
     assert {c["column"] for c in t3} >= {"A/pgd10", "B/pgd10", "C/pgd10", "min"}
     assert pq.read_table(out / "table1.parquet").num_rows > 0
     assert (out / "heatmap.png").stat().st_size > 0 and written["eps_curves"]
+    # Paired comparisons from the collected vectors: R on vs off loses 10 points per seed (b = 20, c = 0).
+    r = next(e for e in written["paired_comparisons"] if e["table"] == "table1")
+    assert (r["a"], r["b"], r["mcnemar_b"], r["mcnemar_c"], r["seeds"]) == ("R=✓", "R=✗", 20, 0, 2)
+    assert r["significant"] and "**Paired comparisons**" in md and (out / "paired.parquet").is_file()
     with pytest.raises(ReportError, match="not found"):
         report_command("no-such-study", str(out), uri)
     with pytest.raises(ReportError, match="no finished trial"):
         make_report([], out, "empty")
+
+
+# ------------------------------------------------------------------ paired comparisons (no MLflow)
+N = 20
+
+
+def _rec(defense, seed, correct_upto=None, rec=True, div=True, points=range(N), vectors=True, first=0):
+    """A trial record as `collect` makes it: worst case correct on points [first, correct_upto)."""
+    idx = np.asarray(list(points))
+    worst = np.zeros(len(idx), bool)
+    worst[first:correct_upto] = True
+    correct = {"natural": np.ones(len(idx), bool), "pgd10": worst}
+    metrics = {"matrix/natural": 1.0, "matrix/pgd10": worst.mean(), "matrix/min": worst.mean(),
+               "matrix/worst": worst.mean()}
+    return {"run_id": f"{defense}-{seed}-{rec}-{div}", "name": f"{defense}_{seed}_{rec}_{div}",
+            "params": {"defense": defense, "seed": str(seed), "recursive": str(rec), "diversity": str(div)},
+            "metrics": metrics, "n": len(idx), "eps": 0.3, "masking": {}, "eps_curve": [],
+            "matrix": {"indices": idx, "correct": correct, "profile": {"eps": 0.3}} if vectors else None}
+
+
+def _synthetic():
+    recs = []
+    for s in (0, 1):
+        recs += [_rec("l2lda", s, 15), _rec("l2lda", s, 5, rec=False), _rec("l2lda", s, 15, div=False, first=1),
+                 _rec("pgd10_at", s, 10)]
+    recs.append(_rec("l2lda", 0, 4, rec=False, div=False, vectors=False))  # an old run: metrics only
+    return recs
+
+
+def _pair(entries, table, a, b):
+    return next(e for e in entries if e["table"] == table and e["a"] == a and e["b"] == b)
+
+
+def test_paired_section_hand_computed(tmp_path):
+    import pyarrow.parquet as pq
+
+    written = make_report(_synthetic(), tmp_path, "synthetic")
+    md = (tmp_path / "report.md").read_text()
+    entries = written["paired_comparisons"]
+    assert md.count("**Paired comparisons**") == 2  # Tables 1 and 2 (no transfer columns: no Table 3)
+    # "R helps": the flag-on row first; per seed b = 10, c = 0; pooled b = 20, c = 0, p = 2 / 2^20.
+    r = _pair(entries, "table1", "R=✓ D=✓", "R=✗ D=✓")
+    assert (r["differs"], r["seeds"], r["mcnemar_b"], r["mcnemar_c"], r["n_pairs"]) == ("R", 2, 20, 0, 40)
+    assert r["p"] == pytest.approx(2 / 2**20) and r["significant"]
+    assert r["diff_mean"] == pytest.approx(0.5) and r["diff_ci_low"] == pytest.approx(0.5)  # std 0 over seeds
+    assert [s["p"] for s in r["per_seed"]] == pytest.approx([2 / 2**10] * 2)
+    assert "| R=✓ D=✓ | R=✗ D=✓ | R | 2 | +50.0 | [+50.0, +50.0] | 20 | 0 | 1.9e-06 | * | 0.002, 0.002 |" in md
+    # "D helps" is not shown here: one point per seed, b = 2, c = 0, p = 0.5 — no mark.
+    d = _pair(entries, "table1", "R=✓ D=✓", "R=✓ D=✗")
+    assert (d["mcnemar_b"], d["mcnemar_c"], d["p"], d["significant"]) == (2, 0, 0.5, False)
+    assert "| R=✓ D=✓ | R=✓ D=✗ | D | 2 | +5.0 | [+5.0, +5.0] | 2 | 0 | 0.500 |  |" in md
+    # A run without correctness vectors: the metric difference, one seed, no test.
+    m = _pair(entries, "table1", "R=✓ D=✓", "R=✗ D=✗")
+    assert m["seeds"] == 1 and m["p"] is None and m["diff_mean"] == pytest.approx(0.75 - 0.2)
+    assert "no McNemar test" in m["note"] and "| R=✓ D=✓ | R=✗ D=✗ | R, D | 1 | +55.0 | – | – | – | – |" in md
+    # "L2L-DA beats PGD-AT": L2L-DA first, named by the defense alone.
+    t2 = _pair(entries, "table2", "l2lda (diversity=True, recursive=True)", "pgd10_at")
+    assert (t2["differs"], t2["mcnemar_b"], t2["mcnemar_c"]) == ("defense", 10, 0)
+    assert t2["p"] == pytest.approx(2 / 2**10) and t2["significant"]
+    # Machine-readable copies.
+    js = json.loads((tmp_path / "paired.json").read_text())
+    assert len(js) == len(entries) == 6 + 10
+    flat = pq.read_table(tmp_path / "paired.parquet").to_pylist()
+    row = next(f for f in flat if f["a"] == "R=✓ D=✓" and f["b"] == "R=✗ D=✓")
+    assert row["mcnemar_b"] == 20 and row["significant"] and row["p_per_seed"].count(",") == 1
+
+
+def test_paired_refuses_different_test_points_and_ambiguous_seeds(tmp_path):
+    from orchestrator.report import compare_rows
+
+    recs = [_rec("plain", 0, 5), _rec("pgd10_at", 0, 10, points=range(100, 100 + N))]
+    written = make_report(recs, tmp_path, "mismatch")
+    (e,) = written["paired_comparisons"]
+    assert e["a"] == "pgd10_at" and e["p"] is None and "different test points" in e["note"]
+    assert "different test points" in (tmp_path / "report.md").read_text()
+    amb = compare_rows("t", "a", "b", [_rec("plain", 0, 5), _rec("plain", 0, 6)], [_rec("pgd10_at", 0, 5)])
+    assert "two runs with seed 0" in amb["note"] and amb["p"] is None
