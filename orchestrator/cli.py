@@ -5,6 +5,7 @@
     l2lda-tune --space smoke --resume                    # continue an interrupted sweep
     l2lda-tune export --experiment ablation --out best/
     l2lda-tune eval --checkpoint PATH | --export DIR [--profile cpu|full]
+    l2lda-tune eval --compare A B [--profile cpu|full]   # paired test of two defenses
     l2lda-tune report --experiment ablation --out reports/
     l2lda-tune figure2 --checkpoint PATH --out fig2.png
 
@@ -192,14 +193,20 @@ def export_cmd(experiment: str, out: str, metric: str | None, register: str | No
 @click.option("--data-root", default=None, help="Where the torchvision datasets live.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the randomised attacks.")
+@click.option("--compare", nargs=2, default=None, metavar="A B",
+              help="Evaluate two sources (checkpoints, exports, state dicts) with identical settings on the same "
+                   "test points and test the worst-case difference (exact McNemar).")
 def eval_cmd(checkpoint: str | None, export_dir: str | None, profile: str, out: str | None,
              tracking_uri: str | None, dataset: str | None, model: str | None, columns: str | None,
-             test_subset: int | None, data_root: str | None, device: str, seed: int) -> None:
+             test_subset: int | None, data_root: str | None, device: str, seed: int,
+             compare: tuple[str, str] | None) -> None:
     """The robustness matrix of a checkpoint, an export or a plain state dict, on the test split."""
-    if (checkpoint is None) == (export_dir is None):
-        fail("eval: give exactly one of --checkpoint or --export")
+    if compare and (checkpoint is not None or export_dir is not None):
+        fail("eval: --compare A B takes the place of --checkpoint/--export")
+    if not compare and (checkpoint is None) == (export_dir is None):
+        fail("eval: give exactly one of --checkpoint or --export (or --compare A B)")
     with user_errors():
-        from orchestrator.evaluate import eval_command
+        from orchestrator.evaluate import compare_command, eval_command
 
         extra: dict[str, Any] = {"device": device, "seed": seed}
         if dataset is not None:
@@ -212,7 +219,10 @@ def eval_cmd(checkpoint: str | None, export_dir: str | None, profile: str, out: 
             extra["test_subset"] = test_subset
         if data_root is not None:
             extra["data_root"] = data_root
-        eval_command(checkpoint, export_dir, profile, out, tracking_uri, **extra)
+        if compare:
+            compare_command(compare[0], compare[1], profile, out, tracking_uri, **extra)
+        else:
+            eval_command(checkpoint, export_dir, profile, out, tracking_uri, **extra)
 
 
 @cli.command("report")

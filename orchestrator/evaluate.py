@@ -112,23 +112,11 @@ def format_table(result: Any, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def eval_command(checkpoint: str | None = None, export: str | None = None, profile: str = "cpu",
-                 out: str | os.PathLike | None = None, tracking_uri: str | None = None, *,
-                 dataset: str = "mnist5k", model: str | None = None, columns: list[str] | tuple[str, ...] | None = None,
-                 test_subset: int | None = None, data_root: str | None = None, device: str = "cpu",
-                 seed: int = 0, log: Callable[[str], None] | None = print):
-    """Compute and print the robustness matrix of a checkpoint / export / state dict on the test split.
-
-    `profile` sets the budgets (see PROFILES); `columns` and `test_subset` override the
-    source's. Writes robustness_matrix.json/.parquet and the heatmap into `out` if given.
-    Returns the MatrixResult."""
-    import numpy as np
-    import torch
-
-    from orchestrator import artifacts as art
+def _configure(checkpoint: str | None, export: str | None, profile: str, *, tracking_uri: str | None = None,
+               dataset: str = "mnist5k", model: str | None = None, columns: list[str] | tuple[str, ...] | None = None,
+               test_subset: int | None = None, data_root: str | None = None, device: str = "cpu", seed: int = 0):
+    """(resolved TrialConfig with the profile's budgets and the overrides, classifier, generator, description)."""
     from trainable.config import ConfigError
-    from trainable.data import fixed_subset, load_dataset
-    from trainable.evaluation import EvalContext, robustness_matrix
 
     if profile not in PROFILES:
         raise EvalError(f"--profile {profile!r}: choose from {', '.join(PROFILES)}")
@@ -145,6 +133,17 @@ def eval_command(checkpoint: str | None = None, export: str | None = None, profi
         cfg = cfg.replace(**overrides).resolved()
     except ConfigError as exc:
         raise EvalError(str(exc)) from None
+    return cfg, clf, gen, what
+
+
+def _matrix(cfg: Any, clf: Any, gen: Any, what: str, profile: str, device: str, log: Callable[[str], None] | None):
+    """The robustness matrix of `clf` on the fixed test indices of cfg's dataset (test_subset)."""
+    import numpy as np
+    import torch
+
+    from trainable.data import fixed_subset, load_dataset
+    from trainable.evaluation import EvalContext, robustness_matrix
+
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, device)
     idx = fixed_subset(len(data.test_y), cfg.test_subset)
     it = torch.as_tensor(idx, device=data.test_x.device)
@@ -155,6 +154,25 @@ def eval_command(checkpoint: str | None = None, export: str | None = None, profi
                             batch_size=cfg.eval_batch_size)
     res.profile.update({"split": "test", "dataset": cfg.dataset, "profile": profile, "source": what,
                         **{k: getattr(cfg, k) for k in ("gen_attack_steps", "gen_attack_samples", "square_queries")}})
+    return res
+
+
+def eval_command(checkpoint: str | None = None, export: str | None = None, profile: str = "cpu",
+                 out: str | os.PathLike | None = None, tracking_uri: str | None = None, *,
+                 dataset: str = "mnist5k", model: str | None = None, columns: list[str] | tuple[str, ...] | None = None,
+                 test_subset: int | None = None, data_root: str | None = None, device: str = "cpu",
+                 seed: int = 0, log: Callable[[str], None] | None = print):
+    """Compute and print the robustness matrix of a checkpoint / export / state dict on the test split.
+
+    `profile` sets the budgets (see PROFILES); `columns` and `test_subset` override the
+    source's. Writes robustness_matrix.json/.parquet and the heatmap into `out` if given.
+    Returns the MatrixResult."""
+    from orchestrator import artifacts as art
+
+    cfg, clf, gen, what = _configure(checkpoint, export, profile, tracking_uri=tracking_uri, dataset=dataset,
+                                     model=model, columns=columns, test_subset=test_subset, data_root=data_root,
+                                     device=device, seed=seed)
+    res = _matrix(cfg, clf, gen, what, profile, device, log)
     if log:
         log(format_table(res, f"robustness matrix of {what} ({profile} profile)"))
     if out is not None:
@@ -162,3 +180,100 @@ def eval_command(checkpoint: str | None = None, export: str | None = None, profi
         if log:
             log(f"wrote {', '.join(str(p) for p in paths)}")
     return res
+
+
+# ---------------------------------------------------------------------- eval --compare
+def _accuracies(res: Any) -> dict[str, float]:
+    from trainable.evaluation import metric_key
+
+    out = {col: res.metrics.get(metric_key(col), float(vec.mean())) for col, vec in res.correct.items()}
+    for k in ("matrix/min", "transfer/min", "matrix/worst"):
+        if k in res.metrics:
+            out[k.split("/", 1)[1] if k.startswith("matrix/") else k] = res.metrics[k]
+    return out
+
+
+def format_comparison(res_a: Any, res_b: Any, test: Any) -> str:
+    """Both matrices as rows A and B, their difference B − A, the McNemar test and a verdict."""
+    from orchestrator.stats import ALPHA
+
+    acc_a, acc_b = _accuracies(res_a), _accuracies(res_b)
+    cols = list(acc_a)
+    rows = [["", *cols], ["A", *[f"{100 * acc_a[c]:.2f}" for c in cols]],
+            ["B", *[f"{100 * acc_b[c]:.2f}" for c in cols]],
+            ["B − A", *[f"{100 * (acc_b[c] - acc_a[c]):+.2f}" for c in cols]]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"A: {res_a.profile.get('source')}", f"B: {res_b.profile.get('source')}", ""]
+    for j, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append(f"accuracy (%) on the same n = {test.n} fixed test examples; eps = {res_a.profile.get('eps')}, "
+                 f"{res_a.profile.get('profile')} profile, attack seed {res_a.profile.get('seed')}")
+    wa, wb = acc_a["worst"], acc_b["worst"]
+    lines.append(f"worst case: A {100 * wa:.2f}%, B {100 * wb:.2f}%, difference B − A = {100 * (wb - wa):+.2f} points")
+    lines.append(f"exact McNemar test (McNemar 1947; Dietterich 1998), two-sided, on the worst case per example: "
+                 f"b = {test.b} (A right, B wrong), c = {test.c} (A wrong, B right), p = {test.p:.4g}")
+    differ = [c for c in res_a.profile.get("budgets", {})
+              if res_a.profile["budgets"].get(c) != res_b.profile.get("budgets", {}).get(c)]
+    if differ:
+        lines.append(f"note: these columns' budgets follow each source's own config and differ: {', '.join(differ)}")
+    if test.p < ALPHA:
+        better, worse = ("B", "A") if test.c > test.b else ("A", "B")
+        lines.append(f"{better} is more robust than {worse} at 5%: p = {test.p:.3g}")
+    else:
+        lines.append(f"no significant difference at 5% (p = {test.p:.3g})")
+    return "\n".join(lines)
+
+
+def compare_command(a: str, b: str, profile: str = "cpu", out: str | os.PathLike | None = None,
+                    tracking_uri: str | None = None, *, dataset: str = "mnist5k", model: str | None = None,
+                    columns: list[str] | tuple[str, ...] | None = None, test_subset: int | None = None,
+                    data_root: str | None = None, device: str = "cpu", seed: int = 0,
+                    log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """``eval --compare A B``: both sources (anything ``--checkpoint`` takes, export folders
+    included) evaluated now with identical settings — profile, columns, ε, attack seed, the
+    same fixed test indices — then an exact McNemar test on their per-example worst case.
+
+    Both sources are loaded and checked before either matrix runs. Returns {"a", "b": the
+    MatrixResults, "mcnemar": stats.McNemar (b = A right and B wrong), "diff": worst B − A,
+    "text": what was printed}; writes A/, B/ (matrices) and compare.json into `out` if given."""
+    import json
+
+    from orchestrator import artifacts as art
+    from orchestrator import stats
+
+    kw = dict(tracking_uri=tracking_uri, dataset=dataset, model=model, columns=columns, test_subset=test_subset,
+              data_root=data_root, device=device, seed=seed)
+    ca, clf_a, gen_a, what_a = _configure(a, None, profile, **kw)
+    cb, clf_b, gen_b, what_b = _configure(b, None, profile, **kw)
+    for field, va, vb in (("dataset", ca.dataset, cb.dataset), ("eps", ca.eps, cb.eps),
+                          ("columns", tuple(ca.eval_columns), tuple(cb.eval_columns)),
+                          ("test_subset", ca.test_subset, cb.test_subset)):
+        if va != vb:
+            hint = "; pass --columns to evaluate both on the same ones" if field == "columns" else ""
+            raise EvalError(f"--compare: A ({what_a}) has {field} {va!r}, B ({what_b}) has {vb!r}: "
+                            f"not comparable on the same test points{hint}")
+    res_a = _matrix(ca, clf_a, gen_a, what_a, profile, device, log)
+    res_b = _matrix(cb, clf_b, gen_b, what_b, profile, device, log)
+    try:
+        wa, wb, _ = stats.align({"indices": res_a.indices, "correct": res_a.correct, "profile": res_a.profile},
+                                {"indices": res_b.indices, "correct": res_b.correct, "profile": res_b.profile})
+    except stats.PairingError as exc:
+        raise EvalError(f"--compare: {exc}") from None
+    test = stats.mcnemar_exact(wa, wb)
+    text = format_comparison(res_a, res_b, test)
+    if log:
+        log(text)
+    summary = {"a": what_a, "b": what_b, "profile": profile, "eps": ca.eps, "seed": ca.seed, "n": test.n,
+               "worst_a": float(wa.mean()), "worst_b": float(wb.mean()), "diff": float(wb.mean() - wa.mean()),
+               "mcnemar": test.to_dict(), "significant": test.significant,
+               "accuracy_a": _accuracies(res_a), "accuracy_b": _accuracies(res_b)}
+    if out is not None:
+        d = Path(out)
+        art.render_matrix(res_a.to_dict(), d / "A", title=what_a)
+        art.render_matrix(res_b.to_dict(), d / "B", title=what_b)
+        (d / "compare.json").write_text(json.dumps(art._jsonable(summary), indent=2))
+        if log:
+            log(f"wrote {d / 'A'}, {d / 'B'}, {d / 'compare.json'}")
+    return {"a": res_a, "b": res_b, "mcnemar": test, "diff": summary["diff"], "text": text}

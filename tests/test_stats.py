@@ -134,3 +134,71 @@ def test_compare_runs_pairs_by_seed_and_pools():
 
 def test_format_p():
     assert stats.format_p(0.0386) == "0.039" and stats.format_p(1.2e-5) == "1.2e-05" and stats.format_p(None) == "–"
+
+
+# ------------------------------------------------------------------ l2lda-tune eval --compare
+@pytest.fixture(scope="module")
+def sources(trained, tmp_path_factory):
+    """(A: an untrained LeNet-5 state dict file, B: a 30-iteration plain checkpoint directory)."""
+    import torch
+
+    from trainable.models import build_classifier
+
+    d = tmp_path_factory.mktemp("compare")
+    torch.manual_seed(0)
+    torch.save(build_classifier("lenet5", "mnist5k", 1).state_dict(), d / "untrained.pt")
+    exp = trained("plain", warmup=0, iterations=30, lr=0.05, steps_per_report=30, test_subset=100, val_subset=50,
+                  eval_columns=("natural", "fgsm"), val_columns=("natural",))
+    exp.save(d / "checkpoint_000001")
+    return str(d / "untrained.pt"), str(d / "checkpoint_000001"), d
+
+
+def _main(argv, capsys):
+    from orchestrator import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def test_eval_compare_cli(sources, capsys):
+    import json
+
+    a, b, d = sources
+    out = d / "cmp"
+    code, text, err = _main(["eval", "--compare", a, b, "--columns", "natural", "--test-subset", "100",
+                             "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "A: state dict" in text and "B: checkpoint" in text and "B − A" in text
+    assert "B is more robust than A at 5%: p = " in text
+    s = json.loads((out / "compare.json").read_text())
+    m = s["mcnemar"]
+    assert s["n"] == m["n"] == 100 and (m["c"] - m["b"]) / 100 == pytest.approx(s["diff"])
+    assert m["p"] == pytest.approx(_exact(m["b"], m["c"])) and m["p"] < 0.05
+    assert (out / "A" / "robustness_matrix.parquet").is_file() and (out / "B" / "robustness_matrix.parquet").is_file()
+
+
+def test_eval_compare_same_source_no_difference(sources):
+    from orchestrator.evaluate import compare_command
+
+    _, b, _ = sources
+    r = compare_command(b, b, columns=["natural", "fgsm"], test_subset=50, log=None)
+    assert (r["mcnemar"].b, r["mcnemar"].c, r["mcnemar"].p, r["diff"]) == (0, 0, 1.0, 0.0)
+    assert "no significant difference at 5% (p = 1)" in r["text"]
+    assert np.array_equal(r["a"].indices, r["b"].indices)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--compare", "{a}", "{d}/missing.pt"], "missing.pt: no such file or directory"),
+    (["--compare", "{a}", "{b}", "--checkpoint", "{b}"], "--compare A B takes the place of --checkpoint/--export"),
+    (["--compare", "{a}", "{b}", "--test-subset", "20"], "has columns"),  # each source's own columns differ
+    (["--compare", "{a}", "{b}", "--columns", "natural,deepfool"], "unknown attack column 'deepfool'"),
+    (["--compare", "{a}"], "--compare"),
+])
+def test_eval_compare_bad_input_is_one_line_exit_2(sources, capsys, args, expected):
+    a, b, d = sources
+    code, _, err = _main(["eval", *[x.format(a=a, b=b, d=d) for x in args]], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("l2lda-tune: error: "), err
+    assert expected in lines[0], lines[0]
