@@ -41,6 +41,7 @@ from orchestrator import artifacts as art
 from orchestrator.store import (DEFAULT_TRACKING_URI, ROLE_SWEEP, ROLE_TRIAL, TrackingUnavailable,  # noqa: F401
                                 check_tracking_uri, ensure_experiment, make_client, resolve_tracking_uri,
                                 search_all, sqlite_path)
+from trainable.config import ConfigError, TrialConfig
 
 # MLflow limits (mlflow.utils.validation): values longer than these are rejected.
 MAX_PARAM_VAL, MAX_TAG_VAL, MAX_KEY = 6000, 8000, 250
@@ -97,6 +98,18 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def resolved_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial's whole resolved TrialConfig (defaults filled: ε, λ, augmentation, clip, …) over its own keys.
+
+    Every run then records the value that actually ran, not "auto" or an absent key.
+    """
+    try:
+        resolved = TrialConfig.from_dict(config).resolved().to_dict()
+    except (ConfigError, TypeError, ValueError):
+        return dict(config)
+    return {**config, **resolved}
 
 
 def param_value(v: Any) -> str:
@@ -464,7 +477,7 @@ class MLflowCallback(Callback):
         parent_reused = bool(self._parent and self._parent.lookup)
         run = _Run(tid, create_tags={}, run_name=name, run_id=known, lookup=bool(known) or parent_reused, name=name)
         config = dict(getattr(trial, "config", None) or {})
-        run.config = flatten(config)
+        run.config = flatten(resolved_params(config))
         run.params = {_clean_key(k): param_value(v) for k, v in run.config.items()}
         run.tags.update({"role": ROLE_TRIAL, "trial_id": tid, "trial_name": _tag(name), "sweep_name": self.sweep_name,
                          "status": "RUNNING"})

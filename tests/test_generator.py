@@ -210,10 +210,32 @@ def test_l2l_star_takes_one_step():
     star.register_forward_hook(lambda m, i, o: calls.append(o))
     advs, _ = rollout(star, clf, x, y, None, eps=EPS, eps_step=STEP, steps=1, differentiable=False)
     assert len(advs) == 1 and len(calls) == 1
-    want = (x + EPS * star(x, input_gradient(clf, x, y))).clamp(0, 1)
+    # L2L* reads the RAW input gradient (paper §5.2.1: it differs by y, δ and gradient normalisation).
+    want = (x + EPS * star(x, input_gradient(clf, x, y, normalize=False))).clamp(0, 1)
     assert torch.allclose(advs[0], want, atol=1e-6)
-    assert star.down0.in_channels == 2 and star.z_mlp is None
+    assert star.down0.in_channels == 2 and star.z_mlp is None and star.grad_norm is False
     assert not any(isinstance(m, CondBatchNorm2d) for m in star.modules())
+
+
+def test_z_mlp_is_the_authors_and_z_moves_the_output():
+    """z-MLP Linear–ReLU–Linear–ReLU with xavier-uniform weights: at initialisation two z draws
+    must move the generator's output by a sizeable fraction of its magnitude (with N(0, 0.02)
+    weights it was under 2%, and the diversity loss had nothing to act on)."""
+    shape = (1, 28, 28)
+    torch.manual_seed(0)
+    g = Generator(shape, 10, width=16).train()
+    mlp = g.z_mlp
+    assert [type(m).__name__ for m in mlp] == ["Linear", "ReLU", "Linear", "ReLU"]
+    bound = (6 / (8 + 8)) ** 0.5  # xavier-uniform bound for 8 → 8
+    assert mlp[0].weight.abs().max() <= bound and mlp[0].weight.std() > 0.2
+    x, y = _batch(shape)
+    grad = torch.randn_like(x)
+    delta = torch.zeros_like(x)
+    z1, z2 = torch.randn(len(x), 8), torch.randn(len(x), 8)
+    with torch.no_grad():
+        o1, o2 = g(x, grad, delta, z1, y), g(x, grad, delta, z2, y)
+    rel = float((o1 - o2).abs().mean() / o1.abs().mean())
+    assert rel > 0.2, rel
 
 
 def test_diversity_loss_is_eq7():

@@ -23,6 +23,7 @@ DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10")
 MODELS = ("lenet5", "resnet20")
 DEFENSES = ("plain", "fgsm_at", "pgd10_at", "pgd100_at", "cw100_at", "l2l_star", "l2lda")
 GENERATOR_DEFENSES = ("l2l_star", "l2lda")
+AUGMENT_CHOICES = ("auto", True, False)
 
 # DESIGN §3: settings from the paper and the authors' code; Fashion-MNIST takes ε = 0.1.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -31,6 +32,25 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "fashion_mnist": {"eps": 0.1, "lam": 0.02, "model": "lenet5"},
     "cifar10": {"eps": 8 / 255, "lam": 0.5, "model": "resnet20"},
 }
+
+# Classifier grad-norm clip per defense (docs/method.md, "Defaults and their sources"): the
+# authors clip (1.0) only in their own method's adversarial phase; their baselines (trained
+# with mister_ed) and Madry's PGD-AT never clip; 0 means no clipping.
+DEFENSE_CLF_GRAD_CLIP: dict[str, float] = {
+    "plain": 0.0, "fgsm_at": 0.0, "pgd10_at": 0.0, "pgd100_at": 0.0, "cw100_at": 0.0,
+    "l2l_star": 1.0, "l2lda": 1.0,
+}
+
+
+def default_augment(defense: str, dataset: str) -> bool:
+    """The source's augmentation for a defense on a dataset (docs/method.md).
+
+    CIFAR-10: flip + crop for every defense. MNIST-like data: the authors' L2L-DA/L2L*
+    loader crops (28, pad 4); their baselines' loader and Madry's MNIST training do not.
+    """
+    if dataset == "cifar10":
+        return True
+    return defense in GENERATOR_DEFENSES
 
 
 class ConfigError(ValueError):
@@ -59,7 +79,7 @@ class TrialConfig:
     dataset: str = "mnist5k"
     data_root: str = "data"
     download: bool = False
-    augment: bool = True
+    augment: bool | str = "auto"  # auto → the source's choice per defense and dataset; true/false force it
     # --- classifier and defense ---
     model: str | None = None  # None → dataset default (LeNet-5 / ResNet-20)
     defense: str = "l2lda"
@@ -83,8 +103,9 @@ class TrialConfig:
     gen_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-5
-    lr_decay_at: float = 0.5  # classifier LR ×0.1 at this fraction of `iterations`
-    grad_clip: float = 1.0
+    lr_decay_at: float | None = 0.5  # classifier LR ×0.1 at this fraction of `iterations`; None → no decay
+    grad_clip: float = 1.0  # grad-norm clip of the generator's (and generator attackers') steps
+    clf_grad_clip: float | None = None  # classifier's clip in the training phase; None → per defense, 0 → none
     seed: int = 0
     # --- execution ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -145,14 +166,30 @@ class TrialConfig:
 
     # --------------------------------------------------------------- derived
     def resolved(self) -> TrialConfig:
-        """Fill the dataset defaults (model, ε, λ); idempotent."""
+        """Fill the dataset and defense defaults (model, ε, λ, augmentation, classifier clip); idempotent."""
         dd = DATASET_DEFAULTS[self.dataset]
         return dataclasses.replace(
             self,
             model=self.model or dd["model"],
             eps=self.eps if self.eps is not None else dd["eps"],
             lam=self.lam if self.lam is not None else dd["lam"],
+            augment=self.augment_value,
+            clf_grad_clip=self.clf_grad_clip_value,
         )
+
+    @property
+    def augment_value(self) -> bool:
+        """Whether this trial's training batches are augmented ("auto" → :func:`default_augment`)."""
+        if self.augment == "auto":
+            return default_augment(self.defense, self.dataset)
+        return bool(self.augment)
+
+    @property
+    def clf_grad_clip_value(self) -> float:
+        """The classifier's grad-norm clip after warm-up (0: none); warm-up never clips."""
+        if self.clf_grad_clip is not None:
+            return self.clf_grad_clip
+        return DEFENSE_CLF_GRAD_CLIP.get(self.defense, 0.0)
 
     @property
     def eps_value(self) -> float:
@@ -206,8 +243,13 @@ class TrialConfig:
             need(v > 0 and math.isfinite(v), k, f"must be > 0, got {v}")
         need(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        need(0 <= self.lr_decay_at <= 1, "lr_decay_at", f"must be in [0, 1], got {self.lr_decay_at}")
-        need(self.grad_clip > 0, "grad_clip", f"must be > 0, got {self.grad_clip}")
+        if self.lr_decay_at is not None:
+            need(0 <= self.lr_decay_at <= 1, "lr_decay_at", f"must be in [0, 1] or null (no decay), got {self.lr_decay_at}")
+        need(self.grad_clip > 0 and math.isfinite(self.grad_clip), "grad_clip", f"must be > 0, got {self.grad_clip}")
+        if self.clf_grad_clip is not None:
+            need(self.clf_grad_clip >= 0 and not math.isnan(self.clf_grad_clip), "clf_grad_clip",
+                 f"must be >= 0 (0: no clipping) or null (the defense's default), got {self.clf_grad_clip}")
+        need(self.augment in AUGMENT_CHOICES, "augment", f"must be auto, true or false, got {self.augment!r}")
         need(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
         need(0 <= self.gpu_fraction, "gpu_fraction", f"must be >= 0, got {self.gpu_fraction}")
         need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "device", f"unknown device {self.device!r}")
@@ -245,6 +287,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
         return tuple(_coerce(key, v, args[0]) for v in value)
+    if key == "augment":
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ConfigError(f"{key}: expected auto, true or false, got {value!r}")
     if hint is bool:
         if isinstance(value, bool):
             return value

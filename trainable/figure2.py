@@ -149,7 +149,7 @@ def compute_figure2(model: nn.Module, cfg: Any, data: Any, *, generator: nn.Modu
         gen_l2l, sources["l2l"] = copy.deepcopy(generator).eval(), "trial L2L* generator"
     else:
         with _forked_rng(device, _seed(seed, "figure2/l2l")):
-            gen_l2l = L2LStarGenerator(data.shape, width=width, grad_norm=cfg.grad_norm).to(device)
+            gen_l2l = L2LStarGenerator(data.shape, width=width)  # raw gradient, as L2L* is defined.to(device)
             log(f"figure2: training an L2L* generator for {cfg.gen_attack_steps} steps")
             train_l2lstar_attacker(gen_l2l, model, data.train_x, data.train_y, steps=cfg.gen_attack_steps,
                                    batch=cfg.batch_size, eps=eps, lr=ATTACKER_LR, momentum=cfg.momentum,

@@ -25,12 +25,20 @@ GRAD_STABILISER = 1e-15  # DESIGN §3: ‖g + 1e-15‖₂, so a saturated CE (ze
 
 
 def _init_weights(module: nn.Module) -> None:
-    """DCGAN-style N(0, 0.02) for every conv / linear weight (the authors' init)."""
+    """The authors' init: DCGAN-style N(0, 0.02) for conv weights, xavier-uniform for the z-MLP's Linear weights.
+
+    With N(0, 0.02) on the Linear layers too, z moves the generator's output by under 2% of
+    its magnitude at initialisation and L_div has almost nothing to act on (docs/method.md).
+    """
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+        else:
+            continue
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 class CondBatchNorm2d(nn.Module):
@@ -73,7 +81,7 @@ class UNet(nn.Module):
 
     down0 conv3×3 s1 → w, LReLU 0.2 | down1 conv4×4 s2 → w, BN, LReLU | down2 conv4×4 s2 → 2w, LReLU
     up2 convT4×4 s2 → w, BN, ReLU, ⊕down1 | up1 convT4×4 s2 → w, BN, ReLU, ⊕down0 | out conv3×3 → C, tanh.
-    All convs bias-free. With ``z_dim > 0``, z → MLP(z_dim→8→8) is tiled and concatenated to the
+    All convs bias-free. With ``z_dim > 0``, z → MLP Linear(z_dim→8)–ReLU–Linear(8→8)–ReLU is tiled and concatenated to the
     inputs of down0, down1 and down2. BN is class-conditional when ``num_classes`` is given.
     """
 
@@ -84,7 +92,7 @@ class UNet(nn.Module):
             raise ValueError(f"width: must be >= 1, got {width}")
         w, zc = width, (8 if z_dim > 0 else 0)
         self.z_dim, self.zc = z_dim, zc
-        self.z_mlp = nn.Sequential(nn.Linear(z_dim, 8), nn.ReLU(), nn.Linear(8, 8)) if z_dim > 0 else None
+        self.z_mlp = nn.Sequential(nn.Linear(z_dim, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU()) if z_dim > 0 else None
         self.down0 = nn.Conv2d(in_channels + zc, w, 3, 1, 1, bias=False)
         self.down1 = nn.Conv2d(w + zc, w, 4, 2, 1, bias=False)
         self.down2 = nn.Conv2d(w + zc, 2 * w, 4, 2, 1, bias=False)
@@ -148,11 +156,15 @@ class Generator(UNet):
 
 
 class L2LStarGenerator(UNet):
-    """L2L* (Chen et al.): one-shot generator on [x, ∇L(x)], no z, no y, no δ, plain BN."""
+    """L2L* (Chen et al.): one-shot generator on [x, ∇L(x)], no z, no y, no δ, plain BN.
+
+    The paper (§5.2.1) says L2L* differs from L2L-DA's base model by y, δ and gradient
+    normalisation, so by default it reads the RAW input gradient (``grad_norm=False``).
+    """
 
     kind = "l2l_star"
 
-    def __init__(self, shape: Sequence[int], *, width: int = 64, grad_norm: bool = True) -> None:
+    def __init__(self, shape: Sequence[int], *, width: int = 64, grad_norm: bool = False) -> None:
         c = int(shape[0])
         super().__init__(2 * c, c, width, 0, None)
         self.shape, self.width, self.grad_norm = tuple(int(s) for s in shape), width, grad_norm
@@ -168,7 +180,7 @@ def build_generator(cfg, shape: Sequence[int], num_classes: int, *, width: int |
     """The generator a TrialConfig asks for (L2L* for defense l2l_star, else L2L-DA with the ablation flags)."""
     w = width or cfg.gen_width
     if cfg.defense == "l2l_star":
-        return L2LStarGenerator(shape, width=w, grad_norm=cfg.grad_norm)
+        return L2LStarGenerator(shape, width=w, grad_norm=False)  # raw gradient, by definition of L2L*
     return Generator(shape, num_classes, width=w, z_dim=cfg.z_dim, use_delta=cfg.use_delta,
                      use_label=cfg.use_label, grad_norm=cfg.grad_norm)
 

@@ -5,8 +5,8 @@ step of the generator on L_cls + λ·L_div (Eqs. 6–7) over a doubled batch
 ([x;x], [y;y], [z1;z2], z fixed over the T recursion steps; x in [0, 1]), with the
 classifier in eval mode and receiving no gradient (``torch.autograd.grad`` w.r.t. the
 generator's parameters only). It then returns the detached [x ; x_adv(T)(z1) ;
-x_adv(T)(z2)] on which the runner takes the classifier's CE step (train mode, clip
-1.0, LR decay) — the same path every defense uses.
+x_adv(T)(z2)] on which the runner takes the classifier's CE step (train mode, the
+defense's clip — 1.0 here —, LR decay) — the same path every defense uses.
 """
 from __future__ import annotations
 
@@ -110,7 +110,9 @@ class L2LDADefense(_GeneratorDefense):
         objective = loss_cls + lam * loss_div if lam > 0 else loss_cls
         generator_step(self.generator, self.optimizer, objective, cfg.grad_clip)
         x_train = torch.cat([x, adv1.detach(), adv2.detach()])
-        metrics = {"train/loss_cls": loss_cls.detach(), "train/loss_div": loss_div.detach()}
+        # How far apart two z draws put x_adv(T) (mean |Δ| per pixel): the spread L_div acts on.
+        spread = (adv1.detach() - adv2.detach()).abs().mean()
+        metrics = {"train/loss_cls": loss_cls.detach(), "train/loss_div": loss_div.detach(), "train/adv_spread": spread}
         return x_train, torch.cat([y, y, y]), metrics
 
 

@@ -68,7 +68,8 @@ def resolve_device(cfg: TrialConfig) -> torch.device:
 
 
 def _warmup_key(cfg: TrialConfig) -> str:
-    keys = ("dataset", "model", "seed", "warmup", "batch_size", "lr", "momentum", "weight_decay", "augment", "grad_clip")
+    # The warm-up is plain CE with no clip (docs/method.md), so the classifier clip is not part of the key.
+    keys = ("dataset", "model", "seed", "warmup", "batch_size", "lr", "momentum", "weight_decay", "augment")
     blob = json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -142,8 +143,15 @@ class Experiment:
         return self.iteration >= self.cfg.total_iterations
 
     def lr_at(self, it: int) -> float:
+        """Classifier LR at iteration `it`: ×0.1 from `lr_decay_at` of the adversarial iterations on (None: never)."""
+        if self.cfg.lr_decay_at is None or self.cfg.iterations == 0:
+            return self.cfg.lr
         decay_at = self.cfg.warmup + self.cfg.lr_decay_at * self.cfg.iterations
-        return self.cfg.lr * (0.1 if self.cfg.iterations > 0 and it >= decay_at else 1.0)
+        return self.cfg.lr * (0.1 if it >= decay_at else 1.0)
+
+    def clip_at(self, it: int) -> float:
+        """Classifier grad-norm clip at iteration `it`: none in the clean warm-up, the defense's after (0: none)."""
+        return 0.0 if it < self.cfg.warmup else self.cfg.clf_grad_clip
 
     def train(self, n: int) -> dict[str, float]:
         """Run up to `n` iterations; returns the mean of each train metric (one host sync)."""
@@ -158,7 +166,7 @@ class Experiment:
             it = self.iteration
             idx = self.sampler.next().to(self.device)
             x, y = self.data.train_x[idx], self.data.train_y[idx]
-            if cfg.augment:
+            if cfg.augment:  # resolved: the source's choice for this defense unless forced
                 x = augment(x, cfg.dataset, self.aug_rng)
             adversarial = it >= cfg.warmup and cfg.defense != "plain"
             if adversarial:
@@ -172,7 +180,9 @@ class Experiment:
             loss = F.cross_entropy(logits, yt)
             self.clf_opt.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(self.classifier.parameters(), cfg.grad_clip)
+            clip = self.clip_at(it)
+            if clip > 0:
+                nn.utils.clip_grad_norm_(self.classifier.parameters(), clip)
             self.clf_opt.step()
             with torch.no_grad():
                 m = dict(m)
@@ -225,6 +235,11 @@ class Experiment:
         res.profile["split"] = "test"
         res.profile["dataset"] = self.cfg.dataset
         res.profile.update({k: getattr(self.cfg, k) for k in ("gen_attack_steps", "gen_attack_samples", "square_queries")})
+        # How the classifier was trained, resolved (docs/method.md): tables built from these
+        # profiles say when their rows used different pipelines.
+        res.profile["training"] = {k: getattr(self.cfg, k) for k in
+                                   ("defense", "augment", "clf_grad_clip", "lr_decay_at", "warmup", "iterations",
+                                    "batch_size", "lr")}
         return res
 
     def step(self) -> dict[str, Any]:

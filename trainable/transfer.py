@@ -42,16 +42,20 @@ from trainable.models import build_classifier
 SURROGATES = {"A": "plain", "B": "fgsm_at", "C": "pgd10_at"}
 TRANSFER_ATTACKS = ("pgd10", "pgd100", "l2lda")
 SURROGATE_SEED_OFFSET = 7919
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: per-defense augmentation and classifier clip
 # Training-config keys that change a surrogate's weights (the cache key).
 _KEY_FIELDS = ("dataset", "model", "defense", "seed", "eps", "eps_step_frac", "warmup", "iterations", "batch_size",
-               "lr", "momentum", "weight_decay", "lr_decay_at", "grad_clip", "augment")
+               "lr", "momentum", "weight_decay", "lr_decay_at", "grad_clip", "augment", "clf_grad_clip")
 
 AttackFn = Callable[..., Tensor]
 
 
 def surrogate_config(cfg: TrialConfig, defense: str) -> TrialConfig:
-    """The TrialConfig that trains surrogate `defense` for trial `cfg` (natural-only evaluation)."""
+    """The TrialConfig that trains surrogate `defense` for trial `cfg` (natural-only evaluation).
+
+    A surrogate is a baseline trained as its source trains it: its own augmentation and
+    classifier clip (docs/method.md), whatever the target trial used.
+    """
     cfg = cfg.resolved()
     iterations = cfg.transfer_iterations if cfg.transfer_iterations > 0 else cfg.iterations
     return cfg.replace(
@@ -62,7 +66,9 @@ def surrogate_config(cfg: TrialConfig, defense: str) -> TrialConfig:
         eval_columns=["natural"],
         val_columns=["natural"],
         steps_per_report=max(1, min(cfg.steps_per_report, 1000)),
-    )
+        augment="auto",
+        clf_grad_clip=None,
+    ).resolved()
 
 
 def surrogate_key(scfg: TrialConfig) -> str:
