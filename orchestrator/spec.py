@@ -526,9 +526,10 @@ def _parse_param(name: str, entry: Any, base: dict[str, Any], base_keys: set[str
 
 def _check_conditions(params: dict[str, Param]) -> None:
     for p in params.values():
-        if p.when and p.kind == "grid":
-            raise SpecError(f"space.{p.name}.when: a grid parameter cannot be conditional (its trials would "
-                            f"repeat); use choice with search.type random or optuna")
+        if p.when and p.kind == "grid" and len(p.values) > 1:
+            raise SpecError(f"space.{p.name}.when: a grid parameter cannot be conditional with several values "
+                            f"(its trials would repeat); give it one value (a per-condition setting) or use "
+                            f"choice with search.type random or optuna")
         for dep, allowed in p.when:
             d = params.get(dep)
             if d is not None and d.kind in ("uniform", "loguniform", "int"):

@@ -142,6 +142,19 @@ class _Conditional:
         return self.p.default
 
 
+class _ConditionalValue:
+    """`tune.sample_from` body for a one-value conditional grid parameter: its value when the
+    condition holds on the trial's other values, else its default."""
+
+    def __init__(self, p: Param) -> None:
+        self.p = p
+
+    def __call__(self, spec: Any) -> Any:
+        if all(_get(spec.config, dep) in allowed for dep, allowed in self.p.when):
+            return self.p.values[0]
+        return self.p.default
+
+
 def _get(cfg: Any, key: str) -> Any:
     try:
         return cfg[key]
@@ -169,7 +182,9 @@ def param_space(study: Study) -> dict[str, Any]:
     for i, p in enumerate(condition_order(study.params)):
         if p.kind == "fixed":
             continue
-        if p.kind == "grid":
+        if p.kind == "grid" and p.when:  # one value (spec check): a per-condition setting, no extra trials
+            space[p.name] = tune.sample_from(_ConditionalValue(p))
+        elif p.kind == "grid":
             space[p.name] = tune.grid_search(list(p.values))
         elif p.when:
             space[p.name] = tune.sample_from(_Conditional(p, study.search.seed * 1009 + i))
