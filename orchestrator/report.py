@@ -420,6 +420,20 @@ def _group(recs: Iterable[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, 
     return dict(rows)
 
 
+PIPELINE_KEYS = ("augment", "clf_grad_clip", "lr_decay_at")  # how a classifier was trained (docs/method.md)
+
+
+def pipeline_note(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """A footnote when the rows of one table were trained with different pipelines (augmentation,
+    classifier clip, LR schedule: each defense's source default unless the study forced one)."""
+    per_row = {row: {k: members[0]["params"].get(k, "?") for k in PIPELINE_KEYS} for row, members in rows.items()}
+    if len({tuple(v.items()) for v in per_row.values()}) <= 1:
+        return ""
+    parts = [f"{row}: " + ", ".join(f"{k}={v}" for k, v in p.items()) for row, p in per_row.items()]
+    return ("Rows of this table were trained with different pipelines (each defense's source default, "
+            "docs/method.md) — " + "; ".join(parts) + ".")
+
+
 def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: str = "") -> dict[str, Any]:
     """Write report.md, table{1,2,3}.parquet and the PNGs from trial records; returns what was written."""
     if not recs:
@@ -458,6 +472,8 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
         cols = [(c, f"matrix/{c}") for c in TABLE1_COLUMNS]
         cells1 = build_table(recs, t1rows, cols)
         md += ["## Table 1 — ablation of L2L-DA", "", markdown_table(cells1, "flags"), ""]
+        note = pipeline_note(t1rows)
+        md += [note, ""] if note else []
         written["tables"]["table1"] = _write_parquet(cells1, out / "table1.parquet", "table1")
         # "R helps", "D helps": pairs named by the flags that differ, the flag-on row first.
         pairs, how = row_pairs(t1rows, t1id, {k: sum(v is True for v in t1id[k].values()) for k in t1rows})
@@ -471,6 +487,8 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
            "C&W optimisation attack (mister_ed: Adam, soft ℓ∞ penalty, binary search): not directly comparable "
            "with the paper's C&W column. `min` is the paper's lowest white-box column; `autoattack` is our "
            "APGD-CE → APGD-T → Square cascade (no FAB-T).", ""]
+    note = pipeline_note(rows)
+    md += [note, ""] if note else []
     written["tables"]["table2"] = _write_parquet(cells2, out / "table2.parquet", "table2")
     ident = {row: _identity(members[0], keys) for row, members in rows.items()}
     rank = {row: (_DEFENSE_RANK.get(members[0]["params"].get("defense"), -1),

@@ -157,3 +157,18 @@ def test_paired_refuses_different_test_points_and_ambiguous_seeds(tmp_path):
     assert "different test points" in (tmp_path / "report.md").read_text()
     amb = compare_rows("t", "a", "b", [_rec("plain", 0, 5), _rec("plain", 0, 6)], [_rec("pgd10_at", 0, 5)])
     assert "two runs with seed 0" in amb["note"] and amb["p"] is None
+
+
+def test_pipeline_footnote_only_when_rows_were_trained_differently():
+    from orchestrator.report import pipeline_note
+
+    def rec(defense, augment, clip):
+        return {"params": {"defense": defense, "augment": str(augment), "clf_grad_clip": str(clip),
+                           "lr_decay_at": "0.5"}}
+
+    same = {"pgd10_at": [rec("pgd10_at", False, 0.0)], "fgsm_at": [rec("fgsm_at", False, 0.0)]}
+    assert pipeline_note(same) == ""
+    mixed = {"pgd10_at": [rec("pgd10_at", False, 0.0)], "l2lda": [rec("l2lda", True, 1.0)]}
+    note = pipeline_note(mixed)
+    assert "different pipelines" in note and "l2lda: augment=True, clf_grad_clip=1.0" in note
+    assert "pgd10_at: augment=False, clf_grad_clip=0.0" in note
