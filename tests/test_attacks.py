@@ -10,7 +10,7 @@ from trainable.attacks import ATTACKS, pgd, preserve_mode
 from trainable.evaluation import COLUMN_KINDS, EvalContext, known_columns, prepare_column, robustness_matrix
 
 # Columns whose attack is cheap enough for the default suite on 2 cores; the rest run under `slow`.
-FAST = ["fgsm", "pgd10", "pgd100", "cw100", "apgd_ce", "apgd_t", "square", "autoattack", "l2lda", "advgan", "gap"]
+FAST = ["fgsm", "pgd10", "pgd100", "cw100", "apgd_ce", "apgd_t", "fab_t", "square", "autoattack", "l2lda", "advgan", "gap"]
 SLOW = [c for c in known_columns() if c not in FAST and c not in ("natural", "transfer")]
 
 

@@ -1,4 +1,4 @@
-"""APGD-CE, APGD-T, Square and the AutoAttack cascade (issue 5)."""
+"""APGD-CE, APGD-T, FAB-T, Square and the AutoAttack cascade."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from trainable.attacks import pgd
-from trainable.autoattack import apgd, apgd_targeted, autoattack, checkpoints, square, square_p
+from trainable.autoattack import (apgd, apgd_targeted, autoattack, checkpoints, fab_targeted,
+                                  linf_hyperplane_box_projection, square, square_p)
 from trainable.evaluation import EvalContext, robustness_matrix
 
 
@@ -43,7 +44,7 @@ def test_checkpoints_follow_the_paper_schedule():
     assert checkpoints(100) == expected == [22, 41, 57, 70, 80, 87, 93, 99]
 
 
-@pytest.mark.parametrize("kind", ["apgd_ce", "apgd_t_loss", "apgd_t", "square"])
+@pytest.mark.parametrize("kind", ["apgd_ce", "apgd_t_loss", "apgd_t", "fab_t", "square"])
 def test_attacks_keep_ball_range_mode_and_are_seeded(plain, kind):
     model = plain.classifier
     model.train()  # the attack must restore whatever mode it found
@@ -54,6 +55,8 @@ def test_attacks_keep_ball_range_mode_and_are_seeded(plain, kind):
         "apgd_ce": lambda g: apgd(model, x, y, eps=eps, steps=20, generator=g),
         "apgd_t_loss": lambda g: apgd(model, x, y, eps=eps, steps=20, loss="dlr_targeted", target_class=2, generator=g),
         "apgd_t": lambda g: apgd_targeted(model, x, y, eps=eps, steps=10, n_target_classes=3, generator=g),
+        # Two restarts: the second starts from a random point, so the seed matters.
+        "fab_t": lambda g: fab_targeted(model, x, y, eps=eps, steps=10, n_target_classes=3, n_restarts=2, generator=g),
         "square": lambda g: square(model, x, y, eps=eps, n_queries=60, generator=g),
     }[kind]
     a = runs(torch.Generator().manual_seed(3))
@@ -102,6 +105,91 @@ def test_square_schedule_and_queries_only_correct_points(plain):
     assert model.rows == len(x)
 
 
+def test_linf_projection_onto_hyperplane_and_box_matches_a_linear_program():
+    optimize = pytest.importorskip("scipy.optimize")
+    g = torch.Generator().manual_seed(0)
+    n, d = 24, 10
+    x = torch.rand(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(n, d, generator=g, dtype=torch.float64)
+    b = 2 * torch.randn(n, generator=g, dtype=torch.float64)  # large |b|: the box often binds or blocks
+    delta = linf_hyperplane_box_projection(x, w, b)
+    z = x + delta
+    assert bool(((z >= -1e-12) & (z <= 1 + 1e-12)).all())
+    n_feasible = 0
+    for i in range(n):
+        # min r over (δ, r): w·δ = −(w·x + b), |δ_j| ≤ r, δ_j ∈ [−x_j, 1 − x_j]
+        A_ub = np.block([[np.eye(d), -np.ones((d, 1))], [-np.eye(d), -np.ones((d, 1))]])
+        lp = optimize.linprog(np.r_[np.zeros(d), 1.0], A_ub=A_ub, b_ub=np.zeros(2 * d),
+                              A_eq=np.r_[w[i].numpy(), 0.0][None], b_eq=[-float(w[i] @ x[i] + b[i])],
+                              bounds=[(-float(v), 1 - float(v)) for v in x[i]] + [(0, None)])
+        if lp.status == 0:
+            n_feasible += 1
+            assert abs(float(w[i] @ z[i] + b[i])) < 1e-9, "the projection is not on the hyperplane"
+            assert float(delta[i].abs().max()) == pytest.approx(lp.fun, abs=1e-9)
+        else:  # the box never reaches the hyperplane: its corner closest to it in that direction
+            h = float(w[i] @ x[i] + b[i])
+            corner = torch.where(torch.sign(w[i]) * -np.sign(h) > 0, 1.0, 0.0).to(x.dtype)
+            corner = torch.where(w[i] == 0, x[i], corner)
+            assert torch.allclose(z[i], corner)
+    assert 0 < n_feasible < n  # both cases were exercised
+
+
+def test_fab_t_reaches_the_minimal_linf_distance_on_a_linear_model():
+    # For a linear classifier the least ℓ∞ perturbation onto f_t = f_y is |g(x)| / ‖w_t − w_y‖₁
+    # (interior points and small distances: the box does not bind); no adversarial is closer.
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    x = 0.4 + 0.2 * torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z = lin(x)
+        y = z.argmax(1)
+        w = lin[1].weight
+        d_star = (z[:, 0] - z[:, 1]).abs() / (w[0] - w[1]).abs().sum()
+    assert float(d_star.max()) < 0.35  # keeps x + δ inside [0, 1]
+    xa = fab_targeted(lin, x, y, eps=1.0, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert bool((lin(xa).argmax(1) != y).all())
+    dist = (xa - x).flatten(1).abs().amax(1)
+    assert bool((dist >= d_star * (1 - 1e-4)).all())
+    assert bool((dist <= d_star * 1.01).all()), (dist / d_star).max()
+    # ε-bounded: with ε just below the minimal distance nothing may be returned as adversarial.
+    xb = fab_targeted(lin, x, y, eps=0.9 * float(d_star.min()))
+    with torch.no_grad():
+        assert bool((lin(xb).argmax(1) == y).all())
+    _assert_valid(xb, x, 0.9 * float(d_star.min()))
+
+
+def test_fab_t_on_a_multiclass_linear_model_stops_at_the_target_boundary():
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    x = 0.45 + 0.1 * torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        z = lin(x)
+        y = z.argmax(1)
+        t = z.argsort(1)[:, -2]  # the first target FAB-T tries
+        w = lin[1].weight
+        dist_to = (z - z.gather(1, y[:, None])).abs() / (w[None] - w[y][:, None]).abs().sum(2)
+        dist_to.scatter_(1, y[:, None], float("inf"))
+        d_min = dist_to.amin(1)  # least ℓ∞ distance to any wrong class (a union of half-spaces)
+        d_t = dist_to.gather(1, t[:, None]).squeeze(1)
+    assert float(d_t.max()) < 0.4
+    xa = fab_targeted(lin, x, y, eps=1.0, n_target_classes=1)
+    dist = (xa - x).flatten(1).abs().amax(1)
+    with torch.no_grad():
+        assert bool((lin(xa).argmax(1) != y).all())
+    assert bool((dist >= d_min * (1 - 1e-4)).all())
+    assert bool((dist <= d_t * 1.01).all()), (dist / d_t).max()
+
+
+def test_fab_t_fools_an_undefended_model(plain):
+    model = plain.classifier.eval()
+    x, y = plain.data.test_x[:48], plain.data.test_y[:48]
+    eps = 0.3  # generous for an undefended MNIST model
+    xa = fab_targeted(model, x, y, eps=eps, steps=20, n_target_classes=3)
+    _assert_valid(xa, x, eps)
+    assert _acc(model, xa, y) <= 0.1 * _acc(model, x, y)
+
+
 def test_autoattack_below_pgd100_on_pgd_at(pgd_at):
     exp = pgd_at
     x, y = exp.data.test_x[:100], exp.data.test_y[:100]
@@ -111,7 +199,7 @@ def test_autoattack_below_pgd100_on_pgd_at(pgd_at):
     m = res.metrics
     assert m["matrix/autoattack"] <= m["matrix/pgd100"], m
     assert res.checks["autoattack"]["in_ball"] and res.checks["autoattack"]["in_range"]
-    assert res.profile["budgets"]["autoattack"]["cascade"] == ["apgd_ce", "apgd_t", "square"]
+    assert res.profile["budgets"]["autoattack"]["cascade"] == ["apgd_ce", "apgd_t", "fab_t", "square"]
 
 
 def test_autoattack_cascade_returns_first_fooling_point(plain):
@@ -120,9 +208,12 @@ def test_autoattack_cascade_returns_first_fooling_point(plain):
     with torch.no_grad():
         ok = model(x).argmax(1) == y
     x, y = x[ok], y[ok]  # the cascade attacks the clean-correct points only
-    xa = autoattack(model, x, y, eps=0.1, steps=10, n_target_classes=2, n_queries=30,
-                    generator=torch.Generator().manual_seed(1))
+    lines: list[str] = []
+    xa = autoattack(model, x, y, eps=0.1, steps=10, n_target_classes=2, fab_steps=10, n_queries=30,
+                    generator=torch.Generator().manual_seed(1), log=lines.append)
     _assert_valid(xa, x, 0.1)
+    stages = [ln.split("after ")[1].split()[0] for ln in lines]
+    assert stages == ["apgd_ce", "apgd_t", "fab_t", "square"][:len(stages)] and "fab_t" in stages, lines
     xc = apgd(model, x, y, eps=0.1, steps=10, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         fooled_ce = model(xc).argmax(1) != y

@@ -1,4 +1,4 @@
-"""Parameter-free and gradient-free ℓ∞ attacks: APGD-CE, APGD-T, Square and the AutoAttack cascade.
+"""Parameter-free and gradient-free ℓ∞ attacks: APGD-CE, APGD-T, FAB-T, Square and the AutoAttack cascade.
 
 Own implementations (issue 5) of
 
@@ -17,8 +17,14 @@ Own implementations (issue 5) of
   square side from the p schedule indexed by the raw iteration number (AutoAttack's
   standard version: not rescaled to the query budget), per-example windows, queries only
   for points still correctly classified.
-* AutoAttack — the cascade APGD-CE → APGD-T → Square on the points still correct (FAB-T
-  left out: in the standard evaluation it almost never adds a point once APGD-T ran).
+* FAB-T — Croce & Hein, "Minimally distorted adversarial examples with a fast adaptive
+  boundary attack", ICML 2020, ℓ∞, targeted at the top-9 classes by the clean logits, 100
+  iterations, 1 restart from x, α_max = 0.1, η = 1.05, β = 0.9: linearise f_t − f_y, project
+  x_k and x onto that hyperplane ∩ [0, 1]^d (exact ℓ∞ projection), biased step, backward
+  step after each success; ε-bounded as AutoAttack runs it (a point counts as fooled only
+  if its least-norm adversarial lies within ε).
+* AutoAttack — the standard cascade APGD-CE → APGD-T → FAB-T → Square, each on the points
+  every earlier stage left correct: the worst case per example (docs/method.md, evaluation).
 
 torchattacks is not used: it pins an old ``requests`` (breaking MLflow) and its AutoAttack
 runs 10 instead of 100 iterations. Inputs x in [0, 1] (NCHW); every attack returns x_adv
@@ -43,6 +49,12 @@ APGD_RHO = 0.75
 APGD_ALPHA = 0.75
 N_TARGET_CLASSES = 9
 SQUARE_P_INIT = 0.8
+# FAB-T in AutoAttack's standard ℓ∞ version (Croce & Hein, ICML 2020, FAB paper §3 and §4).
+FAB_STEPS = 100
+FAB_RESTARTS = 1
+FAB_ALPHA_MAX = 0.1
+FAB_ETA = 1.05
+FAB_BETA = 0.9
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -244,6 +256,153 @@ def apgd_targeted(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: 
     return x_adv
 
 
+# ---------------------------------------------------------------------------- FAB-T
+def linf_hyperplane_box_projection(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """ℓ∞ projection onto a hyperplane intersected with the box (Croce & Hein, "Minimally
+    distorted adversarial examples with a fast adaptive boundary attack", ICML 2020, §3.1):
+    per row, the δ of least ‖δ‖∞ with w·(x + δ) + b = 0 and x + δ ∈ [0, 1]^d.
+
+    x, w: (n, d), x in [0, 1]; b: (n,). Returns δ (n, d). With h = w·x + b, each coordinate
+    moves in the direction s_i = −sign(h)·sign(w_i) by min(r, c_i), where c_i is the room the
+    box leaves in that direction (1 − x_i or x_i); the reachable decrease of |h| at radius r,
+    φ(r) = Σ |w_i| min(r, c_i), is piecewise linear in r with breakpoints at the sorted c_i,
+    so the least r with φ(r) = |h| comes from one sort and two cumulative sums. Where the
+    box does not reach the hyperplane (φ(∞) < |h|) the whole room is used: the box's closest
+    point to the hyperplane in that direction.
+    """
+    h = (w * x).sum(1) + b
+    direction = -torch.sign(h)[:, None] * torch.sign(w)
+    room = torch.where(direction > 0, 1.0 - x, x).clamp_min(0.0)
+    weight = w.abs()
+    c, order = room.sort(dim=1)
+    a = weight.gather(1, order)
+    a_cum = a.cumsum(1)
+    ac_cum = (a * c).cumsum(1)
+    total = a_cum[:, -1:]
+    phi = ac_cum + c * (total - a_cum)  # φ at each breakpoint, non-decreasing along the row
+    need = h.abs()[:, None]
+    k = (phi < need).sum(1, keepdim=True)  # first breakpoint with φ ≥ |h|
+    feasible = k < x.shape[1]
+    km1 = (k - 1).clamp(0, x.shape[1] - 1)
+    ac_before = torch.where(k > 0, ac_cum.gather(1, km1), torch.zeros_like(need))
+    a_before = torch.where(k > 0, a_cum.gather(1, km1), torch.zeros_like(need))
+    r = (need - ac_before) / (total - a_before).clamp_min(1e-30)
+    r = torch.where(feasible, r.clamp_min(0.0), torch.full_like(r, float("inf")))
+    return direction * torch.minimum(room, r)
+
+
+def _margin(logits: Tensor, y: Tensor) -> Tensor:
+    """max_{j≠y} z_j − z_y (> 0 ⇔ misclassified)."""
+    other = logits.clone()
+    other.scatter_(1, y[:, None], float("-inf"))
+    return other.amax(1) - logits.gather(1, y[:, None]).squeeze(1)
+
+
+def _fab_run(model: nn.Module, x0: Tensor, y: Tensor, target: Tensor, x_start: Tensor, *, eps: float, steps: int,
+             alpha_max: float, eta: float, beta: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One targeted FAB run (the FAB paper's Algorithm 1 with the hyperplane of target t fixed).
+
+    Returns (x_out, u, x_in, m_in): the misclassified iterate of least ℓ∞ distance to x0 and
+    that distance (x0 and +∞ where none was found), and the in-ball iterate with the highest
+    margin max_{j≠y} z_j − z_y and that margin (what a point never fooled returns)."""
+    n = len(x0)
+    flat0 = x0.flatten(1)
+    xk = x_start.clone()
+    x_out, u = x0.clone(), torch.full((n,), float("inf"), device=x0.device)
+    with torch.no_grad():
+        logits = model(xk)
+        m_in = _margin(logits, y)
+        x_in = xk.clone()
+    for _ in range(steps):
+        xg = xk.clone().requires_grad_(True)
+        with torch.enable_grad():
+            z = model(xg)
+            g = z.gather(1, target[:, None]).squeeze(1) - z.gather(1, y[:, None]).squeeze(1)
+            (w,) = torch.autograd.grad(g.sum(), xg)
+        with torch.no_grad():
+            w = w.flatten(1)
+            flat_k = xk.flatten(1)
+            # The linearisation at x_k: the hyperplane {z : g(x_k) + w·(z − x_k) = 0}.
+            b = g.detach() - (w * flat_k).sum(1)
+            d = linf_hyperplane_box_projection(torch.cat([flat_k, flat0]), torch.cat([w, w]), torch.cat([b, b]))
+            d_k, d_o = d[:n], d[n:]
+            n_k, n_o = d_k.abs().amax(1), d_o.abs().amax(1)
+            alpha = (n_k / (n_k + n_o).clamp_min(1e-12)).clamp(max=alpha_max)[:, None]
+            # Biased step: towards the hyperplane from x_k and, by α, from x_orig (stays close to x_orig).
+            new = ((1 - alpha) * (flat_k + eta * d_k) + alpha * (flat0 + eta * d_o)).clamp(0.0, 1.0)
+            xk = new.view_as(x0)
+            logits = model(xk)
+            adv = logits.argmax(1) != y
+            dist = (xk - x0).flatten(1).abs().amax(1)
+            better = adv & (dist < u)
+            x_out[better], u[better] = xk[better], dist[better]
+            m = _margin(logits, y)
+            up = (dist <= eps) & (m > m_in)
+            x_in[up], m_in[up] = xk[up], m[up]
+            # Backward step after a success: back towards x_orig, so the next steps search closer.
+            xk = torch.where(adv.view(-1, 1, 1, 1), (1 - beta) * x0 + beta * xk, xk)
+    return x_out, u, x_in, m_in
+
+
+def fab_targeted(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int = FAB_STEPS,
+                 n_target_classes: int = N_TARGET_CLASSES, n_restarts: int = FAB_RESTARTS,
+                 alpha_max: float = FAB_ALPHA_MAX, eta: float = FAB_ETA, beta: float = FAB_BETA,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """FAB-T, ℓ∞ (Croce & Hein, "Minimally distorted adversarial examples with a fast adaptive
+    boundary attack", ICML 2020), ε-bounded as AutoAttack's standard version runs it.
+
+    x in [0, 1]; returns x_adv with ‖x_adv − x‖∞ ≤ eps and x_adv ∈ [0, 1]. For each target t
+    among the clean-logit ranks 2..n_target_classes+1, on the points no earlier target fooled:
+    per iteration one backward of g = f_t − f_y w.r.t. the input, the ℓ∞ box-constrained
+    projections of x_k and of x onto the linearised boundary {g = 0}, the biased step
+    x_{k+1} = clip((1−α)(x_k + η δ_k) + α(x + η δ_orig)) with α = min(‖δ_k‖/(‖δ_k‖+‖δ_orig‖), α_max),
+    and after each success the backward step x_{k+1} ← (1−β) x + β x_{k+1}. The result per point
+    is the misclassified iterate (into any wrong class) of least ℓ∞ norm, kept only if that
+    norm is ≤ eps; points it never fools within ε get their in-ball iterate of highest margin.
+    Restart 1 starts from x; later restarts from a random point at ℓ∞ distance min(u, ε)/2
+    (u the best distance so far), drawn from ``generator``.
+    """
+    _check_inputs(x, y, eps)
+    for name, v, ok in (("steps", steps, steps >= 1), ("n_target_classes", n_target_classes, n_target_classes >= 1),
+                        ("n_restarts", n_restarts, n_restarts >= 1), ("alpha_max", alpha_max, 0 <= alpha_max <= 1),
+                        ("eta", eta, eta >= 1), ("beta", beta, 0 < beta < 1)):
+        if not ok:
+            raise ValueError(f"{name}: out of range, got {v}")
+    x = x.detach()
+    dev = x.device
+    with preserve_mode(model, False):
+        with torch.no_grad():
+            logits = model(x)
+        ncls = logits.shape[1]
+        ranks = logits.argsort(dim=1)
+        robust = logits.argmax(1) == y
+        x_adv = x.clone()  # points already misclassified keep x
+        m_best = _margin(logits, y)
+        u_best = torch.full((len(x),), float("inf"), device=dev)
+        for r in range(2, min(n_target_classes, ncls - 1) + 2):
+            for restart in range(n_restarts):
+                idx = robust.nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                x0, y0 = x[idx], y[idx]
+                if restart == 0:
+                    start = x0
+                else:
+                    t = 2 * _rand(x0.shape, generator, dev) - 1
+                    t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                    radius = torch.clamp(u_best[idx], max=eps).view(-1, 1, 1, 1) / 2
+                    start = (x0 + radius * t).clamp(0.0, 1.0)
+                x_out, u, x_in, m_in = _fab_run(model, x0, y0, ranks[idx, -r], start, eps=eps, steps=steps,
+                                                alpha_max=alpha_max, eta=eta, beta=beta)
+                u_best[idx] = torch.minimum(u_best[idx], u)
+                found = u <= eps
+                x_adv[idx[found]] = x_out[found]
+                robust[idx[found]] = False
+                up = ~found & (m_in > m_best[idx])
+                x_adv[idx[up]], m_best[idx[up]] = x_in[up], m_in[up]
+    return _project(x_adv, x, eps).detach()
+
+
 # ---------------------------------------------------------------------------- Square
 def square_p(it: int, p_init: float = SQUARE_P_INIT) -> float:
     """Fraction of pixels changed at random-search iteration `it` (0-based), Andriushchenko et al.
@@ -313,16 +472,20 @@ AttackFn = Callable[..., Tensor]
 
 
 def autoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int = APGD_STEPS,
-               n_target_classes: int = N_TARGET_CLASSES, n_queries: int = 5000,
+               n_target_classes: int = N_TARGET_CLASSES, fab_steps: int = FAB_STEPS, n_queries: int = 5000,
                generator: torch.Generator | None = None, log: Callable[[str], None] | None = None) -> Tensor:
-    """AutoAttack's cascade (Croce & Hein 2020): APGD-CE → APGD-T → Square, each on the points
-    every earlier attack failed on. Per point: the first x_adv that fools it, else Square's."""
+    """AutoAttack's standard ℓ∞ cascade (Croce & Hein 2020): APGD-CE → APGD-T → FAB-T → Square,
+    each on the points every earlier attack failed on, so the result is the worst case per
+    example. x in [0, 1]; per point: the first x_adv that fools it, else Square's. `steps` is
+    APGD's iterations, `fab_steps` FAB-T's (both 100 in the standard version)."""
     _check_inputs(x, y, eps)
     x = x.detach()
     stages: list[tuple[str, AttackFn]] = [
         ("apgd_ce", lambda xs, ys: apgd(model, xs, ys, eps=eps, steps=steps, loss="ce", generator=generator)),
         ("apgd_t", lambda xs, ys: apgd_targeted(model, xs, ys, eps=eps, steps=steps,
                                                 n_target_classes=n_target_classes, generator=generator)),
+        ("fab_t", lambda xs, ys: fab_targeted(model, xs, ys, eps=eps, steps=fab_steps,
+                                              n_target_classes=n_target_classes, generator=generator)),
         ("square", lambda xs, ys: square(model, xs, ys, eps=eps, n_queries=n_queries, generator=generator)),
     ]
     x_adv = x.clone()
@@ -366,6 +529,18 @@ def prepare_apgd_t(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, dict
                              "rho": APGD_RHO, "momentum": APGD_ALPHA, "step0": "2*eps", "random_start": True})]
 
 
+def prepare_fab_t(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, dict]]:
+    """Matrix column `fab_t`: targeted FAB, ℓ∞, ε-bounded, over the top-9 targets, 100 iterations,
+    1 restart from x (AutoAttack standard)."""
+    def run(m, x, y, *, eps, generator=None):
+        return fab_targeted(m, x, y, eps=eps, steps=FAB_STEPS, n_target_classes=N_TARGET_CLASSES,
+                            n_restarts=FAB_RESTARTS, generator=generator)
+
+    return [("fab_t", run, {"steps": FAB_STEPS, "n_target_classes": N_TARGET_CLASSES, "n_restarts": FAB_RESTARTS,
+                            "alpha_max": FAB_ALPHA_MAX, "eta": FAB_ETA, "beta": FAB_BETA, "norm": "Linf",
+                            "eps_bounded": True, "random_start": False})]
+
+
 def prepare_square(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, dict]]:
     """Matrix column `square`: Square Attack, margin loss, `cfg.square_queries` queries (5000 standard)."""
     nq = _num_queries(ctx)
@@ -378,12 +553,14 @@ def prepare_square(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, dict
 
 
 def prepare_autoattack(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, dict]]:
-    """Matrix column `autoattack`: the cascade APGD-CE → APGD-T → Square on the points still correct."""
+    """Matrix column `autoattack`: the standard cascade APGD-CE → APGD-T → FAB-T → Square on the
+    points still correct."""
     nq = _num_queries(ctx)
 
     def run(m, x, y, *, eps, generator=None):
-        return autoattack(m, x, y, eps=eps, steps=APGD_STEPS, n_target_classes=N_TARGET_CLASSES, n_queries=nq,
-                          generator=generator)
+        return autoattack(m, x, y, eps=eps, steps=APGD_STEPS, n_target_classes=N_TARGET_CLASSES,
+                          fab_steps=FAB_STEPS, n_queries=nq, generator=generator)
 
-    return [("autoattack", run, {"cascade": ["apgd_ce", "apgd_t", "square"], "steps": APGD_STEPS,
-                                 "n_target_classes": N_TARGET_CLASSES, "n_queries": nq, "fab_t": False})]
+    return [("autoattack", run, {"cascade": ["apgd_ce", "apgd_t", "fab_t", "square"], "steps": APGD_STEPS,
+                                 "n_target_classes": N_TARGET_CLASSES, "fab_steps": FAB_STEPS, "n_queries": nq,
+                                 "square_rescale_schedule": False})]

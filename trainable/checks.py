@@ -8,8 +8,8 @@ silenced by changing an attack or a threshold (the thresholds below are the issu
 
 * ``more_steps_help`` — PGD100 accuracy above PGD10 by more than 1 point: more iterations of
   the same attack should never leave more points correct.
-* ``pfree_gap`` — APGD-CE, APGD-T or AutoAttack more than 5 points below PGD100: the PGD
-  numbers overestimate robustness.
+* ``pfree_gap`` — APGD-CE, APGD-T, FAB-T or AutoAttack more than 5 points below PGD100: the
+  PGD numbers overestimate robustness.
 * ``blackbox_beats_whitebox`` — a transfer column or Square (neither uses the target's
   gradient) below the lowest white-box gradient column by more than AutoAttack's
   tolerance of 0.2 points.
@@ -32,7 +32,7 @@ from torch import Tensor
 from trainable.attacks import pgd, preserve_mode
 
 MORE_STEPS_THRESHOLD = 0.01  # pgd100 − pgd10
-PFREE_GAP_THRESHOLD = 0.05  # pgd100 − min(apgd_ce, apgd_t, autoattack)
+PFREE_GAP_THRESHOLD = 0.05  # pgd100 − min(apgd_ce, apgd_t, fab_t, autoattack)
 BLACKBOX_TOLERANCE = 0.002  # AutoAttack checks.py's alpha for Square beating the white-box attacks
 UNBOUNDED_THRESHOLD = 0.01  # accuracy left by PGD at ε = 1
 UNBOUNDED_SUBSET = 200  # points the ε = 1 attack runs on
@@ -40,8 +40,8 @@ UNBOUNDED_STEPS = 100
 EPS_CURVE_STEPS = 20
 # White-box gradient columns: they follow the target's gradient. autoattack is left out
 # because it ends with Square (gradient-free); generator columns are learned attackers.
-WHITEBOX_COLUMNS = ("fgsm", "pgd10", "pgd100", "cw100", "cw1000", "apgd_ce", "apgd_t")
-PFREE_COLUMNS = ("apgd_ce", "apgd_t", "autoattack")
+WHITEBOX_COLUMNS = ("fgsm", "pgd10", "pgd100", "cw100", "cw1000", "apgd_ce", "apgd_t", "fab_t")
+PFREE_COLUMNS = ("apgd_ce", "apgd_t", "fab_t", "autoattack")
 FLAGS = ("more_steps_help", "pfree_gap", "blackbox_beats_whitebox", "unbounded_pgd", "perturbation")
 
 

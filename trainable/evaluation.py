@@ -32,6 +32,7 @@ _LAZY_COLUMNS: dict[str, tuple[str, str]] = {
     "gap": ("trainable.genattacks", "prepare_gap"),
     "apgd_ce": ("trainable.autoattack", "prepare_apgd_ce"),
     "apgd_t": ("trainable.autoattack", "prepare_apgd_t"),
+    "fab_t": ("trainable.autoattack", "prepare_fab_t"),
     "square": ("trainable.autoattack", "prepare_square"),
     "autoattack": ("trainable.autoattack", "prepare_autoattack"),
     "transfer": ("trainable.transfer", "prepare_transfer"),
@@ -39,7 +40,7 @@ _LAZY_COLUMNS: dict[str, tuple[str, str]] = {
 COLUMN_KINDS = {
     **{k: "gradient" for k in ATTACKS},
     "l2lda": "generator", "advgan": "generator", "gap": "generator",
-    "apgd_ce": "parameter_free", "apgd_t": "parameter_free", "square": "gradient_free",
+    "apgd_ce": "parameter_free", "apgd_t": "parameter_free", "fab_t": "parameter_free", "square": "gradient_free",
     "autoattack": "parameter_free", "transfer": "transfer",
 }
 
