@@ -41,7 +41,7 @@ from trainable.evaluation import binomial_ci
 
 # Column order of Table 2 (paper's columns, then the parameter-free and gradient-free ones).
 TABLE2_COLUMNS = ("natural", "fgsm", "pgd10", "pgd100", "cw100", "cw1000", "advgan", "gap", "l2lda",
-                  "apgd_ce", "apgd_t", "square", "autoattack", "min", "worst")
+                  "apgd_ce", "apgd_t", "fab_t", "square", "autoattack", "min", "worst")
 TABLE1_COLUMNS = ("natural", "fgsm", "pgd10", "pgd100", "cw100", "l2lda", "apgd_ce", "autoattack", "min", "worst")
 SURROGATE_LETTERS = ("A", "B", "C")
 TRANSFER_ATTACKS = ("pgd10", "pgd100", "l2lda")
