@@ -54,7 +54,7 @@ def test_l2lda_batch_is_algorithm_1(lenet):
     assert xt.shape == (48, 1, 28, 28) and torch.equal(yt, torch.cat([y, y, y])) and torch.equal(xt[:16], x)
     assert not xt.requires_grad
     assert (xt[16:] - torch.cat([x, x])).abs().max() <= cfg.eps + 1e-6 and xt.min() >= 0 and xt.max() <= 1
-    assert set(m) == {"train/loss_cls", "train/loss_div"} and all(v.dim() == 0 for v in m.values())
+    assert set(m) == {"train/loss_cls", "train/loss_div", "train/adv_spread"} and all(v.dim() == 0 for v in m.values())
     assert len(calls) == cfg.T, "z fixed, doubled batch: one generator forward per recursion step"
     assert clf.training, "classifier mode restored"
     assert all(p.grad is None for p in clf.parameters()), "the classifier receives no gradient from the generator"
