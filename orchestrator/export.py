@@ -23,6 +23,7 @@ import click
 from orchestrator.store import (ROLE_SWEEP, ROLE_TRIAL, TrackingUnavailable, check_tracking_uri, make_client,
                                 resolve_tracking_uri, search_all, sqlite_path)
 from trainable.checkpoint import CheckpointError
+from trainable.text import quote
 
 
 class ExportError(click.ClickException):
@@ -40,7 +41,7 @@ def open_store(tracking_uri: str | None):
     check_tracking_uri(uri)
     db = sqlite_path(uri) if uri.startswith("sqlite:") else None
     if db is not None and not db.is_file():
-        raise TrackingUnavailable(f"tracking URI {uri!r}: no MLflow database at {db.resolve()} "
+        raise TrackingUnavailable(f"tracking URI {quote(uri)}: no MLflow database at {db.resolve()} "
                                   f"(run a sweep first, or pass --tracking-uri)")
     return make_client(uri), uri
 
@@ -49,7 +50,7 @@ def find_experiment(client: Any, name: str, uri: str) -> Any:
     exp = client.get_experiment_by_name(name)
     if exp is None or exp.lifecycle_stage == "deleted":
         known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
-        raise ExportError(f"experiment {name!r} not found in {uri} (known: {', '.join(known) or 'none'})")
+        raise ExportError(f"experiment {quote(name)} not found in {uri} (known: {', '.join(known) or 'none'})")
     return exp
 
 
@@ -72,16 +73,16 @@ def best_run(client: Any, experiment: Any, metric: str | None = None, mode: str 
         mode_default = objective[1] if objective and objective[0] == metric else DEFAULT_MODE
     mode = (mode or mode_default).lower()
     if not metric.startswith("val/"):
-        raise ExportError(f"--metric {metric!r}: selection reads validation metrics only (val/…), never the test matrix")
+        raise ExportError(f"--metric {quote(metric)}: selection reads validation metrics only (val/…), never the test matrix")
     if mode not in ("max", "min"):
-        raise ExportError(f"mode {mode!r}: expected max or min")
+        raise ExportError(f"mode {quote(mode)}: expected max or min")
     runs = search_all(client, [experiment.experiment_id],
                       f"tags.role = '{ROLE_TRIAL}' and attributes.status = 'FINISHED'")
     scored = [(r.data.metrics[metric], r) for r in runs
               if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])]
     if not scored:
-        what = f"{len(runs)} finished trial runs, none with metric {metric!r}" if runs else "no FINISHED trial run"
-        raise ExportError(f"experiment {experiment.name!r}: {what}")
+        what = f"{len(runs)} finished trial runs, none with metric {quote(metric)}" if runs else "no FINISHED trial run"
+        raise ExportError(f"experiment {quote(experiment.name)}: {what}")
     # Ties go to the earlier run (stable): the first trial to reach a value keeps it.
     scored.sort(key=lambda t: (-t[0] if mode == "max" else t[0], t[1].info.start_time or 0))
     return scored[0][1], metric, mode

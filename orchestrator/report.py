@@ -38,6 +38,7 @@ from orchestrator import stats
 from orchestrator.artifacts import MATRIX_JSON, MATRIX_PARQUET, read_matrix_parquet
 from trainable.defenses import DEFENSES
 from trainable.evaluation import binomial_ci
+from trainable.text import quote
 
 # Column order of Table 2 (paper's columns, then the parameter-free and gradient-free ones).
 TABLE2_COLUMNS = ("natural", "fgsm", "pgd10", "pgd100", "cw100", "cw1000", "advgan", "gap", "l2lda",
@@ -68,7 +69,7 @@ class ReportError(FileNotFoundError):
 def _runs(client: Any, experiment: str) -> list[Any]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise ReportError(f"experiment {experiment!r}: not found in the tracking store")
+        raise ReportError(f"experiment {quote(experiment)}: not found in the tracking store")
     out, token = [], None
     while True:
         page = client.search_runs([exp.experiment_id], "tags.role = 'trial' and attributes.status = 'FINISHED'",
@@ -437,7 +438,7 @@ def pipeline_note(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
 def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: str = "") -> dict[str, Any]:
     """Write report.md, table{1,2,3}.parquet and the PNGs from trial records; returns what was written."""
     if not recs:
-        raise ReportError(f"experiment {experiment!r}: no finished trial with a robustness matrix")
+        raise ReportError(f"experiment {quote(experiment)}: no finished trial with a robustness matrix")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = _identity_keys(recs)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TextIO
 
 from orchestrator.spec import Param, SpecError, Study, condition_order
+from trainable.text import quote
 
 LOCAL_NODE_IP = "127.0.0.2"
 
@@ -86,7 +87,7 @@ def sweep_name(study: Study, name: str | None, storage: str, resume: bool) -> st
         raise ResumeError(f"--resume: pass --name with a remote storage ({storage})")
     cands = [d for d in Path(storage).glob(f"{study.name}*") if d.is_dir() and _is_sweep_dir(d)]
     if not cands:
-        raise ResumeError(f"--resume: no sweep of study {study.name!r} under {storage} (pass --name and --storage)")
+        raise ResumeError(f"--resume: no sweep of study {quote(study.name)} under {storage} (pass --name and --storage)")
     return max(cands, key=lambda d: d.stat().st_mtime).name
 
 
@@ -453,7 +454,7 @@ def summarize(results: Any, study: Study, wall_s: float | None = None) -> str:
         v = m.get(study.metric)
         if isinstance(v, (int, float)) and math.isfinite(v) and r.checkpoint and (best_val is None or sign * v > sign * best_val):
             best, best_val = (tid, r), v
-    lines = [f"\nsweep summary — study {study.name!r}, {len(rows) - 1} trials"
+    lines = [f"\nsweep summary — study {quote(study.name)}, {len(rows) - 1} trials"
              + (f", {n_err} failed" if n_err else "") + (f", {wall_s:.0f} s" if wall_s is not None else ""),
              _table(rows)]
     if failures:
@@ -485,7 +486,7 @@ def estimate_iteration_ms(cfg: Mapping[str, Any], gpu: float) -> float:
 def describe_study(study: Study, *, name: str | None = None, storage: str | None = None,
                    address: str | None = None, tracking_uri: str | None = None) -> str:
     """The resolved study, trial count, resources and a rough cost estimate (runs nothing)."""
-    lines = [f"study {study.name!r}" + (f" — {study.description}" if study.description else ""),
+    lines = [f"study {quote(study.name)}" + (f" — {study.description}" if study.description else ""),
              f"  source: {study.source}"]
     if name:
         lines.append(f"  sweep name: {name}")

@@ -30,6 +30,7 @@ from trainable.checkpoint import (CONFIG_FILE, META_FILE, STATE_FILE, Checkpoint
                                   load_module_state, load_state, read_json, safe_torch_load)
 from trainable.config import GENERATOR_DEFENSES, ConfigError, TrialConfig
 from trainable.models import build_classifier
+from trainable.text import quote
 
 EXPORT_FORMAT = 1
 CLASSIFIER_FILE, GENERATOR_FILE, EXPORT_META = "classifier.safetensors", "generator.safetensors", "export.json"
@@ -146,7 +147,7 @@ def load_export_generator(directory: str | os.PathLike, device: str | torch.devi
     d = Path(directory)
     cfg = read_export_config(d)
     if not (d / GENERATOR_FILE).is_file():
-        raise CheckpointError(f"{d}: export has no {GENERATOR_FILE} (defense {cfg.defense!r} trains no generator)")
+        raise CheckpointError(f"{d}: export has no {GENERATOR_FILE} (defense {quote(cfg.defense)} trains no generator)")
     _verify(d, GENERATOR_FILE)
     gen = build_generator_for(cfg, device)
     load_module_state(gen, _load_tensors(d / GENERATOR_FILE, device), f"{d / GENERATOR_FILE}")
