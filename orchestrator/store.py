@@ -102,7 +102,7 @@ def check_sqlite_db(db: Path, what: str) -> None:
                                   f"MLflow's tables would be added to it — pass another file")
 
 
-def check_db_url(url: str, what: str, timeout: float = 3.0) -> None:
+def check_db_url(url: str, what: str, timeout: float = 3.0, *, create_dir: bool = True) -> None:
     """A database URL (SQLAlchemy form, as MLflow and Optuna take it): known dialect, driver
     importable, server reachable (sqlite: the file checked as MLflow's or empty, nothing created)."""
     from sqlalchemy.engine import make_url
@@ -116,7 +116,11 @@ def check_db_url(url: str, what: str, timeout: float = 3.0) -> None:
         db = sqlite_path(url)
         if db is None or str(db) in (":memory:", ""):
             raise TrackingUnavailable(f"{what}: an in-memory sqlite store would lose the sweep")
-        _check_creatable_dir((db.parent if str(db.parent) else Path(".")).resolve(), what)
+        parent = (db.parent if str(db.parent) else Path(".")).resolve()
+        if not create_dir and not parent.is_dir():
+            raise TrackingUnavailable(f"{what}: directory {parent} does not exist (sqlite creates the file, "
+                                      f"not its folder)")
+        _check_creatable_dir(parent, what)
         check_sqlite_db(db, what)
         return
     if backend not in DB_SCHEMES:
@@ -224,22 +228,60 @@ def _check_server(uri: str, timeout: float) -> None:
                                   f"(not an MLflow tracking server?)") from None
 
 
-def open_tracking_store(uri: str) -> None:
+def open_tracking_store(uri: str) -> list[Path]:
     """Create (sqlite: the directory and MLflow's tables) and open the store, once every check
-    passed and before Ray starts; a store MLflow cannot open is one line here, not lost records."""
+    passed and before Ray starts; a store MLflow cannot open is one line here, not lost records.
+    Returns the paths it created (newest first), for :func:`remove_new_store`."""
+    created: list[Path] = []
     db = sqlite_path(uri) if uri.startswith("sqlite:") else None
     if db is not None:
+        parent = (db.parent if str(db.parent) else Path(".")).resolve()
+        missing = [a for a in [parent, *parent.parents] if not a.exists()]
         try:
-            (db.parent if str(db.parent) else Path(".")).mkdir(parents=True, exist_ok=True)
+            for a in reversed(missing):
+                a.mkdir()
+                created.insert(0, a)
         except OSError as exc:
-            raise TrackingUnavailable(f"tracking URI {quote(uri)}: cannot create directory {db.parent} "
+            remove_new_store(created)
+            raise TrackingUnavailable(f"tracking URI {quote(uri)}: cannot create directory {parent} "
                                       f"({exc.strerror})") from None
+        if not db.exists():
+            created.insert(0, db.resolve())
     try:
         make_client(uri).search_experiments(max_results=1)
     except Exception as exc:
+        remove_new_store(created)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TrackingUnavailable(f"tracking URI {quote(uri)}: MLflow cannot open the store "
                                   f"({type(exc).__name__}: {shorten(first, 200)})") from None
+    return created
+
+
+def remove_new_store(created: list[Path]) -> None:
+    """Undo :func:`open_tracking_store` after a failed start: the new database (only while it
+    holds no run) and the folders made for it (only while empty)."""
+    import sqlite3
+
+    for p in created:
+        try:
+            if p.is_file():
+                try:
+                    con = sqlite3.connect(f"{p.as_uri()}?mode=ro", uri=True)
+                    try:
+                        n = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+                    finally:
+                        con.close()
+                except sqlite3.Error:
+                    n = 0
+                if n == 0:
+                    p.unlink()
+                    for side in (p.with_name(p.name + "-journal"), p.with_name(p.name + "-wal"),
+                                 p.with_name(p.name + "-shm")):
+                        side.unlink(missing_ok=True)
+            elif p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        except OSError:
+            pass
 
 
 def make_client(uri: str):
