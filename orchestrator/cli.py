@@ -90,6 +90,42 @@ def check_datasets(study: Any) -> None:
         _torchvision_dataset(name, os.path.expanduser(root), False)
 
 
+def check_out_folder(out: str | None, flag: str = "--out") -> None:
+    """An output folder must be a folder (or creatable): found before any compute, not after."""
+    if out is None:
+        return
+    from pathlib import Path
+
+    d = Path(out)
+    if d.exists() and not d.is_dir():
+        fail(f"{flag} {d}: is a file, not a folder")
+    anc = d
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        fail(f"{flag} {d}: cannot be created ({anc} is a file)")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        fail(f"{flag} {d}: {'is not writable' if anc == d else f'cannot be created ({anc} is not writable)'}")
+
+
+def check_device(device: str) -> None:
+    """--device: cpu, cuda or cuda:N, and a CUDA device must exist here."""
+    import re
+
+    from trainable.text import quote
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        fail(f"--device {quote(device)}: expected cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        n = torch.cuda.device_count()
+        idx = int(device.split(":", 1)[1]) if ":" in device else 0
+        if idx >= n:
+            fail(f"--device {device}: this machine has {n} CUDA device{'s' if n != 1 else ''}"
+                 + ("" if n else "; use --device cpu"))
+
+
 class _Group(click.Group):
     """`l2lda-tune --space X` runs a study; `l2lda-tune <command> …` runs a subcommand."""
 
@@ -248,12 +284,14 @@ def run_command(*, space: str, name: str | None = None, address: str | None = No
 @click.option("--metric", default=None, help="Selection metric (a val/… metric); default: the study's first.")
 @click.option("--register", default=None, metavar="MODEL", help="Also register the model in MLflow under this name.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="MLflow tracking URI.")
-def export_cmd(experiment: str, out: str, metric: str | None, register: str | None, tracking_uri: str | None) -> None:
+@click.option("--force", is_flag=True, help="Replace the export files in a non-empty --out folder.")
+def export_cmd(experiment: str, out: str, metric: str | None, register: str | None, tracking_uri: str | None,
+               force: bool) -> None:
     """Export the best trial's weights, config, matrix and model card."""
     with user_errors():
         from orchestrator.export import export_command
 
-        export_command(experiment, out, metric, register, tracking_uri)
+        export_command(experiment, out, metric, register, tracking_uri, force=force)
 
 
 @cli.command("eval")
@@ -282,6 +320,8 @@ def eval_cmd(checkpoint: str | None, export_dir: str | None, profile: str, out: 
         fail("eval: --compare A B takes the place of --checkpoint/--export")
     if not compare and (checkpoint is None) == (export_dir is None):
         fail("eval: give exactly one of --checkpoint or --export (or --compare A B)")
+    check_device(device)
+    check_out_folder(out)
     with user_errors():
         from orchestrator.evaluate import compare_command, eval_command
 
@@ -308,6 +348,7 @@ def eval_cmd(checkpoint: str | None, export_dir: str | None, profile: str, out: 
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="MLflow tracking URI.")
 def report_cmd(experiment: str, out: str, tracking_uri: str | None) -> None:
     """The paper's tables (defenses × attacks, Min), mean ± std over seeds."""
+    check_out_folder(out)
     with user_errors():
         from orchestrator.report import report_command
 
@@ -317,10 +358,12 @@ def report_cmd(experiment: str, out: str, tracking_uri: str | None) -> None:
 @cli.command("figure2")
 @click.option("--checkpoint", required=True, help="An L2L-DA trial checkpoint directory.")
 @click.option("--out", required=True, help="Output directory (figure2.json and figure2.png).")
-@click.option("--images", default=200, show_default=True, help="Fixed test images to attack.")
-@click.option("--draws", default=10, show_default=True, help="Draws per image (PGD restarts, z samples).")
+@click.option("--images", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Fixed test images to attack.")
+@click.option("--draws", type=click.IntRange(min=1), default=10, show_default=True, help="Draws per image (PGD restarts, z samples).")
 def figure2_cmd(checkpoint: str, out: str, images: int, draws: int) -> None:
     """The paper's Figure 2: CE loss per attack iteration of PGD, L2L and L2L-DA (max and std over draws)."""
+    check_out_folder(out)
     with user_errors():
         from orchestrator.figures import figure2_command
 

@@ -141,14 +141,66 @@ def model_card(cfg: Any, run: Any, metric: str, mode: str, matrix: dict | None, 
     return "\n".join(lines)
 
 
+EXPORT_FILES = ("classifier.safetensors", "generator.safetensors", "config.json", "export.json",
+                "robustness_matrix.json", "model_card.md")
+
+
+def check_out_dir(out: str | os.PathLike, force: bool) -> Path:
+    """--out may be new, an empty folder, or (with --force) a folder whose export files are
+    replaced; never a file, never a non-empty folder by surprise. Nothing is created here."""
+    d = Path(out)
+    if d.exists() and not d.is_dir():
+        raise ExportError(f"--out {d}: is a file, not a folder")
+    if d.is_dir():
+        entries = [c.name for c in d.iterdir()]
+        if entries and not force:
+            raise ExportError(f"--out {d}: is not empty ({len(entries)} entries, e.g. {entries[0]}); pass --force to "
+                              f"replace the export files in it, or choose a new folder")
+        for name in EXPORT_FILES:
+            if (d / name).is_dir() and not (d / name).is_symlink():
+                raise ExportError(f"--out {d}: {name} is a folder; refused")
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise ExportError(f"--out {d}: is not writable")
+    else:
+        anc = d.parent
+        while not anc.exists() and anc != anc.parent:
+            anc = anc.parent
+        if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
+            raise ExportError(f"--out {d}: cannot be created ({anc} is not a writable folder)")
+    return d
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move a complete export from `staging` into `out`: a rename when `out` is new; else file by
+    file with os.replace, which replaces a symlink at the target instead of writing through it.
+    Stale export files of an earlier model are removed (the links themselves, never their targets)."""
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, out)
+        return
+    new = {c.name for c in staging.iterdir()}
+    for name in EXPORT_FILES:
+        t = out / name
+        if name not in new and (t.is_symlink() or t.is_file()):
+            t.unlink()
+    for name in sorted(new):
+        os.replace(staging / name, out / name)
+    staging.rmdir()
+
+
 def export_command(experiment: str, out: str | os.PathLike, metric: str | None = None, register: str | None = None,
-                   tracking_uri: str | None = None, *, mode: str | None = None,
+                   tracking_uri: str | None = None, *, mode: str | None = None, force: bool = False,
                    log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Export the best finished trial of `experiment` into `out` (see module docstring).
 
+    Everything is checked before anything is written; the export is assembled in a fresh
+    staging folder beside `out` and moved in whole, so a failure leaves no half-written export.
     Returns a summary dict (run_id, metric, value, out, files, registered version)."""
     from trainable.export_io import load_checkpoint_modules, save_export
 
+    if register is not None and not register.strip():
+        raise ExportError("--register: empty model name")
+    out_dir = check_out_dir(out, force)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client, uri = open_store(tracking_uri)
     exp = find_experiment(client, experiment, uri)
@@ -162,23 +214,29 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     if not Path(ckpt).is_dir():
         raise CheckpointError(f"run {run.info.run_id}: checkpoint {ckpt} not found (storage moved or deleted?)")
     cfg, clf, gen, meta = load_checkpoint_modules(ckpt)
-    out_dir = Path(out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"--out {out_dir}: cannot create ({exc.strerror})") from None
     provenance = {"mlflow": {"tracking_uri": uri, "experiment": experiment, "run_id": run.info.run_id,
                              "trial_id": run.data.tags.get("trial_id"), "metric": metric, "mode": mode,
                              "value": run.data.metrics.get(metric)},
                   "checkpoint": {"path": str(Path(ckpt).resolve()), "iteration": meta.get("iteration")}}
-    save_export(out_dir, clf.state_dict(), cfg.to_dict(), gen.state_dict() if gen is not None else None, provenance)
-    matrix = None
-    with tempfile.TemporaryDirectory() as tmp:
-        got = _download(client, run.info.run_id, "robustness_matrix.json", Path(tmp))
-        if got and got.is_file():
-            shutil.copyfile(got, out_dir / "robustness_matrix.json")
-            matrix = json.loads(got.read_text())
-    (out_dir / "model_card.md").write_text(model_card(cfg, run, metric, mode, matrix, meta, experiment, gen is not None))
+    anc = out_dir.resolve().parent
+    while not anc.exists():
+        anc = anc.parent
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=anc))
+    try:
+        save_export(staging, clf.state_dict(), cfg.to_dict(), gen.state_dict() if gen is not None else None, provenance)
+        matrix = None
+        with tempfile.TemporaryDirectory() as tmp:
+            got = _download(client, run.info.run_id, "robustness_matrix.json", Path(tmp))
+            if got and got.is_file():
+                shutil.copyfile(got, staging / "robustness_matrix.json")
+                matrix = json.loads(got.read_text())
+        (staging / "model_card.md").write_text(model_card(cfg, run, metric, mode, matrix, meta, experiment,
+                                                          gen is not None))
+        staging.chmod(0o755)
+        _publish(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     summary: dict[str, Any] = {"run_id": run.info.run_id, "metric": metric, "mode": mode,
                                "value": run.data.metrics.get(metric), "out": str(out_dir),
                                "checkpoint": ckpt,

@@ -865,30 +865,99 @@ def describe_study(study: Study, *, name: str | None = None, storage: str | None
         for i, c in enumerate(study.grid_configs()):
             lines.append(f"    [{i}] " + ", ".join(f"{k}={v}" for k, v in c.items())
                          + (f"  (× {s.num_samples} samples)" if s.num_samples > 1 else ""))
-    # cost: iterations × trials, and a rough CPU-seconds figure from per-defense costs
-    configs = [{**base_trial_config(study), **{k: v for k, v in c.items() if not isinstance(v, str) or
-               not v.startswith(("uniform", "loguniform", "int", "choice"))}} for c in study.grid_configs()]
-    per_trial_s = []
-    for c in configs:
-        cfg = dict(c)
-        for p in study.params.values():  # sampled parameters: take the costly end
-            if p.kind in ("uniform", "loguniform", "int"):
-                cfg.setdefault(p.name, p.high)
-            elif p.kind == "choice":
-                cfg.setdefault(p.name, p.values[-1])
-        it = int(cfg.get("iterations", 0)) + int(cfg.get("warmup", 0))
-        warm = int(cfg.get("warmup", 0))
-        ms_adv = estimate_iteration_ms(cfg, r.gpu)
-        ms_clean = estimate_iteration_ms({**cfg, "defense": "plain"}, r.gpu)
-        per_trial_s.append(((it - warm) * ms_adv + warm * ms_clean) / 1000)
-    mean_s = sum(per_trial_s) / len(per_trial_s)
+    # cost, from each grid config resolved through TrialConfig (its defaults included): training,
+    # validation reports and the test matrix (docs/reliability.md, "--dry-run")
+    per_trial = [estimate_trial_s(_costly_config(study, c), r.gpu) for c in study.grid_configs()]
+    train_s = sum(t for t, _, _ in per_trial) / len(per_trial) * n
+    val_s = sum(v for _, v, _ in per_trial) / len(per_trial) * n
+    matrix_s = sum(m for _, _, m in per_trial) / len(per_trial) * n
     iters = study.iterations_per_trial()
-    total_iters = iters * n
-    trial_s = mean_s * n
-    lines.append(f"  cost: {iters:,} iterations per trial × {n} trials = {total_iters:,} iterations; "
-                 f"roughly {_human(trial_s)} of {'GPU' if r.gpu else 'CPU-core'} time for training "
-                 f"(+ the test matrix per trial; a rough figure from per-defense costs on LeNet-5/CPU)")
+    unit = "GPU" if r.gpu else "CPU-core"
+    lines.append(f"  cost: {iters:,} iterations per trial × {n} trials = {iters * n:,} iterations; roughly "
+                 f"{_human(train_s + val_s + matrix_s)} of {unit} time: training {_human(train_s)}, validation "
+                 f"{_human(val_s)}, test matrix {_human(matrix_s)} (rough figures from per-defense and per-attack "
+                 f"costs on LeNet-5/CPU)")
+    if address:
+        lines.append(f"  placement: checked against the cluster at {address} when the sweep starts "
+                     f"(bounded wait, --placement-timeout)")
+    else:
+        res = local_resources()
+        problem = placement_problem(study, [res])
+        dev = str(study.base.get("device", "auto"))
+        if problem is None and dev.startswith("cuda") and res["GPU"] == 0:
+            problem = f"base.device {dev!r} but this machine has no CUDA GPU"
+        if problem:
+            lines.append(f"  placement: CANNOT RUN HERE — {problem}; the sweep would be refused")
+        else:
+            k = int(min(res["CPU"] // r.cpu, res["GPU"] // r.gpu if r.gpu else float("inf")))
+            k = min(k, s.max_concurrent or k, n)
+            lines.append(f"  placement: fits this machine ({res['CPU']:g} CPU, {res['GPU']:g} GPU): up to {k} "
+                         f"trial{'s' if k != 1 else ''} at once, about {_human((train_s + val_s + matrix_s) / max(1, k))} "
+                         f"wall-clock")
     return "\n".join(lines)
+
+
+# Test-split sizes (DESIGN §5) for a test_subset of 0 (the whole split).
+_TEST_SIZE = {"mnist5k": 1000, "mnist": 10000, "fashion_mnist": 10000, "cifar10": 10000}
+# One input-gradient step of one LeNet-5 example on one CPU thread (docs/reliability.md: 18 ms
+# per 100 images); a forward pass alone costs about a third of it.
+_GRAD_MS = 0.18
+# Input-gradient steps per test example of the columns outside the PGD family.
+_COLUMN_STEPS = {"natural": 0.3, "apgd_ce": 100, "apgd_t": 900, "autoattack": 2000}
+
+
+def _costly_config(study: Study, shown: Mapping[str, Any]) -> Any:
+    """A grid config resolved through TrialConfig, sampled parameters at their costly end."""
+    from trainable.config import TrialConfig
+
+    cfg = dict(base_trial_config(study))
+    cfg.update({k: v for k, v in shown.items() if k in study.params and study.params[k].kind in ("grid", "fixed")})
+    for p in study.params.values():
+        if p.kind in ("uniform", "loguniform", "int"):
+            cfg[p.name] = p.high
+        elif p.kind == "choice":
+            cfg[p.name] = p.values[-1]
+    try:
+        return TrialConfig.from_dict(cfg).resolved()
+    except Exception:
+        return TrialConfig.from_dict(base_trial_config(study)).resolved()
+
+
+def estimate_trial_s(cfg: Any, gpu: float) -> tuple[float, float, float]:
+    """(training, validation, test matrix) seconds of one trial, a rough single-thread figure."""
+    from trainable.attacks import ATTACKS
+
+    d = {k: getattr(cfg, k) for k in ("defense", "dataset", "model", "T", "recursive", "gen_width", "batch_size")}
+    ms_adv = estimate_iteration_ms(d, gpu)
+    ms_clean = estimate_iteration_ms({**d, "defense": "plain"}, gpu)
+    train = (cfg.iterations * ms_adv + cfg.warmup * ms_clean) / 1000
+    model = _MODEL_FACTOR.get(cfg.model_name, 1.0) / (_GPU_SPEEDUP if gpu > 0 else 1.0)
+    grad_ms = _GRAD_MS * model
+
+    def steps(col: str) -> float:
+        if col in ATTACKS:
+            return float(ATTACKS[col][1].get("steps", 1))
+        if col == "square":
+            return 0.3 * cfg.square_queries
+        if col == "autoattack":
+            return _COLUMN_STEPS["autoattack"] + 0.3 * cfg.square_queries
+        return float(_COLUMN_STEPS.get(col, 0.0))
+
+    reports = max(1, math.ceil(cfg.total_iterations / cfg.steps_per_report))
+    val = reports * cfg.val_subset * sum(steps(c) for c in cfg.val_columns if c in ATTACKS or c in _COLUMN_STEPS) \
+        * grad_ms / 1000
+    n_test = cfg.test_subset or _TEST_SIZE.get(cfg.dataset, 10000)
+    matrix = n_test * sum(steps(c) for c in cfg.eval_columns) * grad_ms / 1000
+    gen_cols = [c for c in cfg.eval_columns if c in ("l2lda", "advgan", "gap")]
+    if gen_cols:  # each trains a generator against the frozen classifier, then draws samples
+        gen_cfg = {**d, "defense": "l2lda", "gen_width": cfg.gen_attack_width or cfg.gen_width}
+        per = cfg.gen_attack_steps * estimate_iteration_ms(gen_cfg, gpu) / 1000
+        matrix += len(gen_cols) * (per + n_test * cfg.gen_attack_samples * cfg.gen_steps * grad_ms / 1000)
+    if "transfer" in cfg.eval_columns:  # surrogates A plain, B FGSM-AT, C PGD10-AT (DESIGN §3)
+        it = cfg.transfer_iterations or cfg.iterations
+        matrix += it * sum(estimate_iteration_ms({**d, "defense": k, "model": "lenet5"}, gpu)
+                           for k in ("plain", "fgsm_at", "pgd10_at")) / 1000
+    return train, val, matrix
 
 
 def _human(seconds: float) -> str:
