@@ -247,6 +247,13 @@ def open_tracking_store(uri: str) -> list[Path]:
                                       f"({exc.strerror})") from None
         if not db.exists():
             created.insert(0, db.resolve())
+    import logging
+
+    # MLflow announces its schema migrations at INFO ("Creating initial MLflow database tables…")
+    quiet = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.WARNING)
     try:
         make_client(uri).search_experiments(max_results=1)
     except Exception as exc:
@@ -254,6 +261,9 @@ def open_tracking_store(uri: str) -> list[Path]:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TrackingUnavailable(f"tracking URI {quote(uri)}: MLflow cannot open the store "
                                   f"({type(exc).__name__}: {shorten(first, 200)})") from None
+    finally:
+        for lg, lvl in zip(quiet, levels):
+            lg.setLevel(lvl)
     return created
 
 

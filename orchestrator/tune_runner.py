@@ -401,7 +401,7 @@ def check_address(address: str | None, origin: str = "option", timeout: float = 
             raise PlacementError(f"{what}: no running Ray cluster on this machine (start one with `ray start --head`, "
                                  f"or leave the address out to run a local instance)")
         return address
-    m = re.fullmatch(r"(?:(ray|http|https)://)?(\[[^\]]+\]|[^:/\[\]]+)(?::(\d+))?/?", address)
+    m = re.fullmatch(r"(?:(ray|http|https)://)?(\[[^\]\s]+\]|[^\s:/\[\]]+)(?::(\d+))?/?", address)
     if not m:
         raise PlacementError(f"{what}: not a Ray address (host:port, ray://host:port or auto)")
     scheme, host, port = m.group(1), m.group(2).strip("[]"), m.group(3)
