@@ -551,12 +551,10 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
 
 def report_command(experiment: str, out: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """Entry point of `l2lda-tune report --experiment NAME --out DIR [--tracking-uri URI]`."""
-    import os
+    from orchestrator.export import open_store
 
-    from mlflow import MlflowClient
-
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    client = MlflowClient(tracking_uri=uri)
+    # the same checks as every reader: reachable, MLflow's, never created by reading
+    client, uri = open_store(tracking_uri)
     written = make_report(collect(client, experiment), out, experiment)
     pairs = written["paired_comparisons"]
     print(f"report: {written['report']} ({', '.join(sorted(written['tables']))}; "

@@ -34,7 +34,8 @@ def mlflow_server(tmp_path_factory):
     cmd = ([exe] if exe else [sys.executable, "-m", "mlflow"]) + [
         "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{tmp}/server.db", "--default-artifact-root", str(tmp / "art")]
-    p = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = open(tmp / "server.log", "w")
+    p = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -123,6 +124,7 @@ def test_refused_servers(mlflow_server, not_mlflow, broken_server, no_run, capsy
     assert after == server_before
     from mlflow import MlflowClient
 
+    assert urllib.request.urlopen(url + "/health", timeout=5).status == 200, (server_tmp / "server.log").read_text()[-3000:]
     exp = MlflowClient(url).get_experiment_by_name("kept")
     assert exp is None or len(MlflowClient(url).search_runs([exp.experiment_id])) == 1  # nothing recorded lost
 
