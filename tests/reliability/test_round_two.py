@@ -352,11 +352,10 @@ def test_long_cli_values_are_bounded(no_run, capsys):
 def test_shared_anchor_within_budget_still_loads(tmp_path):
     from orchestrator.spec import load_spec
 
-    text = ("cols: &c [natural, pgd10]\nname: t\nbase: {val_columns: *c, eval_columns: *c}\n"
+    text = ("name: t\nbase: {val_columns: &c [natural, pgd10], eval_columns: *c}\n"
             "space: {seed: {grid: [0, 1]}}\n")
-    study = load_spec(spec_file(tmp_path, text=text.replace("cols: &c [natural, pgd10]\n", "")
-                                .replace("*c", "[natural, pgd10]")))
-    assert study.base["val_columns"] == ["natural", "pgd10"]
+    study = load_spec(spec_file(tmp_path, text=text))
+    assert study.base["val_columns"] == study.base["eval_columns"] == ["natural", "pgd10"]
 
 
 def test_quote_helper_bounds_work_and_length():
