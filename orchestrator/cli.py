@@ -29,13 +29,14 @@ PROG = "l2lda-tune"
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from orchestrator.spec import SpecError
-    from orchestrator.tune_runner import ResumeError
+    from orchestrator.tune_runner import PlacementError, ResumeError
     from trainable.checkpoint import CheckpointError
     from trainable.config import ConfigError
     from trainable.data import DatasetMissingError
 
     errors: list[type[BaseException]] = [SpecError, ConfigError, CheckpointError, DatasetMissingError,
-                                         FileNotFoundError, NotADirectoryError, IsADirectoryError, ResumeError]
+                                         FileNotFoundError, NotADirectoryError, IsADirectoryError, ResumeError,
+                                         PlacementError]
     try:
         from orchestrator.tracking import TrackingUnavailable
 
@@ -47,7 +48,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def fail(message: str, code: int = 2) -> None:
     """One line on stderr and the exit code (2: bad input, nothing was started)."""
-    line = " ".join(str(message).split()) or "unknown error"
+    # bounded before it is split: a message never grows with the input (docs/reliability.md)
+    text = str(message)
+    line = " ".join((text[:2000] + (" …" if len(text) > 2000 else "")).split()) or "unknown error"
     click.echo(f"{PROG}: error: {line}", err=True)
     sys.exit(code)
 
@@ -87,6 +90,42 @@ def check_datasets(study: Any) -> None:
         _torchvision_dataset(name, os.path.expanduser(root), False)
 
 
+def check_out_folder(out: str | None, flag: str = "--out") -> None:
+    """An output folder must be a folder (or creatable): found before any compute, not after."""
+    if out is None:
+        return
+    from pathlib import Path
+
+    d = Path(out)
+    if d.exists() and not d.is_dir():
+        fail(f"{flag} {d}: is a file, not a folder")
+    anc = d
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        fail(f"{flag} {d}: cannot be created ({anc} is a file)")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        fail(f"{flag} {d}: {'is not writable' if anc == d else f'cannot be created ({anc} is not writable)'}")
+
+
+def check_device(device: str) -> None:
+    """--device: cpu, cuda or cuda:N, and a CUDA device must exist here."""
+    import re
+
+    from trainable.text import quote
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        fail(f"--device {quote(device)}: expected cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        n = torch.cuda.device_count()
+        idx = int(device.split(":", 1)[1]) if ":" in device else 0
+        if idx >= n:
+            fail(f"--device {device}: this machine has {n} CUDA device{'s' if n != 1 else ''}"
+                 + ("" if n else "; use --device cpu"))
+
+
 class _Group(click.Group):
     """`l2lda-tune --space X` runs a study; `l2lda-tune <command> …` runs a subcommand."""
 
@@ -106,13 +145,16 @@ class _Group(click.Group):
 @click.option("--max-concurrent", type=int, help="Override search.max_concurrent.")
 @click.option("--cpus-per-trial", type=float, help="Override resources.cpu.")
 @click.option("--gpus-per-trial", type=float, help="Override resources.gpu (0, a fraction in (0, 1], or whole GPUs).")
+@click.option("--placement-timeout", type=float, default=60.0, show_default=True, envvar="L2LDA_PLACEMENT_TIMEOUT",
+              help="On an existing cluster (--address): seconds to wait for a node that can hold a trial.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep (trusts the pickled Ray state in its directory).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved study and a cost estimate; run nothing.")
 @click.version_option(__version__, "--version", prog_name=PROG)
 @click.pass_context
 def cli(ctx: click.Context, space: str | None, name: str | None, address: str | None, storage: str | None,
         tracking_uri: str | None, num_samples: int | None, max_concurrent: int | None,
-        cpus_per_trial: float | None, gpus_per_trial: float | None, resume: bool, dry_run: bool) -> None:
+        cpus_per_trial: float | None, gpus_per_trial: float | None, placement_timeout: float, resume: bool,
+        dry_run: bool) -> None:
     """Ray Tune sweeps of L2L-DA adversarial training, its ablations and baselines."""
     if ctx.invoked_subcommand is not None:
         if space or dry_run or resume:
@@ -126,17 +168,57 @@ def cli(ctx: click.Context, space: str | None, name: str | None, address: str | 
     with user_errors():
         run_command(space=space, name=name, address=address, storage=storage, tracking_uri=tracking_uri,
                     num_samples=num_samples, max_concurrent=max_concurrent, cpus_per_trial=cpus_per_trial,
-                    gpus_per_trial=gpus_per_trial, resume=resume, dry_run=dry_run)
+                    gpus_per_trial=gpus_per_trial, resume=resume, dry_run=dry_run, placement_timeout=placement_timeout,
+                    address_origin=_origin(ctx, "address"))
+
+
+def _origin(ctx: click.Context, param: str) -> str:
+    """'env' when the value came from the environment (RAY_ADDRESS), else 'option'."""
+    try:
+        src = ctx.get_parameter_source(param)
+    except Exception:
+        return "option"
+    return "env" if src is not None and src.name == "ENVIRONMENT" else "option"
+
+
+NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,99}"  # a directory, an MLflow run name, a shell word
+
+
+def resume_command(*, space: str, name: str, storage: str, tracking_uri: str | None, address: str | None,
+                   overrides: dict[str, Any]) -> str:
+    """The exact `l2lda-tune … --resume` command line that continues this sweep."""
+    import shlex
+    from pathlib import Path
+
+    sp = str(Path(space).resolve()) if Path(space).is_file() else space
+    args = [PROG, "--space", sp, "--name", name, "--storage", storage]
+    if tracking_uri:
+        args += ["--tracking-uri", tracking_uri]
+    if address:
+        args += ["--address", address]
+    for flag, v in overrides.items():
+        if v is not None:
+            args += [flag, f"{v:g}" if isinstance(v, float) else str(v)]
+    return " ".join(shlex.quote(a) for a in args + ["--resume"])
 
 
 def run_command(*, space: str, name: str | None = None, address: str | None = None, storage: str | None = None,
                 tracking_uri: str | None = None, num_samples: int | None = None, max_concurrent: int | None = None,
                 cpus_per_trial: float | None = None, gpus_per_trial: float | None = None, resume: bool = False,
-                dry_run: bool = False) -> None:
-    """Validate everything, then run the sweep (or describe it with dry_run)."""
+                dry_run: bool = False, address_origin: str = "option", placement_timeout: float = 60.0) -> None:
+    """Validate everything, then run the sweep (or describe it with dry_run).
+
+    Order (docs/reliability.md): every check first, creating nothing — spec, names, storage,
+    tracking store, Optuna storage, datasets, the Ray address, whether a trial fits the local
+    machine; then the sweep directory is claimed (exclusively) and the store opened; only then
+    does Ray start. A start that fails after the claim removes what it created."""
+    import re
+
     from orchestrator import tune_runner as tr
     from orchestrator.spec import SpecError, load_spec
+    from orchestrator.store import check_db_url, open_tracking_store, remove_new_store
     from orchestrator.tracking import check_tracking_uri, resolve_tracking_uri
+    from trainable.text import quote
 
     study = load_spec(space)
     study = study.with_overrides(name=None, num_samples=num_samples, max_concurrent=max_concurrent,
@@ -145,8 +227,11 @@ def run_command(*, space: str, name: str | None = None, address: str | None = No
         raise SpecError("--resume and --dry-run: choose one")
     if name is not None and not name.strip():
         raise SpecError("--name: empty")
-    if name is not None and ("/" in name or name in (".", "..")):
-        raise SpecError(f"--name: {name!r} must be a plain directory name")
+    if name is not None and not re.fullmatch(NAME_RE, name):
+        raise SpecError(f"--name: {quote(name)} must be a plain directory name of at most 100 letters, digits "
+                        f"and _ . = + - (starting with a letter or digit)")
+    if not placement_timeout >= 0:
+        raise SpecError(f"--placement-timeout: must be >= 0 seconds, got {placement_timeout}")
     store = tr.resolve_storage(storage)
     uri = resolve_tracking_uri(tracking_uri)
     if dry_run:
@@ -157,8 +242,36 @@ def run_command(*, space: str, name: str | None = None, address: str | None = No
     sweep = tr.sweep_name(study, name, store, resume)
     tr.check_sweep_dir(store, sweep, resume)
     check_tracking_uri(uri)
+    if study.search.storage:
+        check_db_url(study.search.storage, "search.storage", create_dir=False)
     check_datasets(study)
-    results = tr.run_study(study, name=sweep, storage=store, tracking_uri=uri, address=address, resume=resume)
+    address = tr.check_address(address, address_origin)
+    if address is None:
+        tr.check_local_placement(study)
+    claim = tr.claim_sweep_dir(store, sweep, resume)
+    created: list = []
+    ok = False
+    try:
+        created = open_tracking_store(uri)
+        again = resume_command(space=space, name=sweep, storage=store,
+                               tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), address=address,
+                               overrides={"--num-samples": num_samples, "--max-concurrent": max_concurrent,
+                                          "--cpus-per-trial": cpus_per_trial, "--gpus-per-trial": gpus_per_trial})
+        results = tr.run_study(study, name=sweep, storage=store, tracking_uri=uri, address=address, resume=resume,
+                               resume_command=again, placement_timeout=placement_timeout)
+        ok = True
+    except tr.Interrupted as exc:
+        ok = True  # the sweep exists and is resumable: keep everything
+        click.echo(tr.interrupt_message(exc.signame, again), err=True)
+        sys.exit(128 + exc.signum)
+    except tr.RecordsLost as exc:
+        ok = True
+        fail(str(exc), code=1)
+    finally:
+        if claim is not None:
+            claim.release(failed=not ok)
+        if not ok:
+            remove_new_store(created)
     failed = sum(1 for r in results if r.error)
     if failed:
         fail(f"{failed} of {len(results)} trials failed (reasons in the summary above and in MLflow)", code=1)
@@ -171,12 +284,14 @@ def run_command(*, space: str, name: str | None = None, address: str | None = No
 @click.option("--metric", default=None, help="Selection metric (a val/… metric); default: the study's first.")
 @click.option("--register", default=None, metavar="MODEL", help="Also register the model in MLflow under this name.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="MLflow tracking URI.")
-def export_cmd(experiment: str, out: str, metric: str | None, register: str | None, tracking_uri: str | None) -> None:
+@click.option("--force", is_flag=True, help="Replace the export files in a non-empty --out folder.")
+def export_cmd(experiment: str, out: str, metric: str | None, register: str | None, tracking_uri: str | None,
+               force: bool) -> None:
     """Export the best trial's weights, config, matrix and model card."""
     with user_errors():
         from orchestrator.export import export_command
 
-        export_command(experiment, out, metric, register, tracking_uri)
+        export_command(experiment, out, metric, register, tracking_uri, force=force)
 
 
 @cli.command("eval")
@@ -205,6 +320,8 @@ def eval_cmd(checkpoint: str | None, export_dir: str | None, profile: str, out: 
         fail("eval: --compare A B takes the place of --checkpoint/--export")
     if not compare and (checkpoint is None) == (export_dir is None):
         fail("eval: give exactly one of --checkpoint or --export (or --compare A B)")
+    check_device(device)
+    check_out_folder(out)
     with user_errors():
         from orchestrator.evaluate import compare_command, eval_command
 
@@ -231,6 +348,7 @@ def eval_cmd(checkpoint: str | None, export_dir: str | None, profile: str, out: 
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="MLflow tracking URI.")
 def report_cmd(experiment: str, out: str, tracking_uri: str | None) -> None:
     """The paper's tables (defenses × attacks, Min), mean ± std over seeds."""
+    check_out_folder(out)
     with user_errors():
         from orchestrator.report import report_command
 
@@ -240,10 +358,12 @@ def report_cmd(experiment: str, out: str, tracking_uri: str | None) -> None:
 @cli.command("figure2")
 @click.option("--checkpoint", required=True, help="An L2L-DA trial checkpoint directory.")
 @click.option("--out", required=True, help="Output directory (figure2.json and figure2.png).")
-@click.option("--images", default=200, show_default=True, help="Fixed test images to attack.")
-@click.option("--draws", default=10, show_default=True, help="Draws per image (PGD restarts, z samples).")
+@click.option("--images", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Fixed test images to attack.")
+@click.option("--draws", type=click.IntRange(min=1), default=10, show_default=True, help="Draws per image (PGD restarts, z samples).")
 def figure2_cmd(checkpoint: str, out: str, images: int, draws: int) -> None:
     """The paper's Figure 2: CE loss per attack iteration of PGD, L2L and L2L-DA (max and std over draws)."""
+    check_out_folder(out)
     with user_errors():
         from orchestrator.figures import figure2_command
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import click
 
 from trainable.checkpoint import CheckpointError
+from trainable.text import quote
 
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"test_subset": 200, "gen_attack_steps": 200, "gen_attack_samples": 4, "square_queries": 1000},
@@ -45,7 +46,7 @@ def _resolve_run(ref: str, tracking_uri: str | None) -> str:
     try:
         run = client.get_run(run_id)
     except Exception:
-        raise EvalError(f"--checkpoint {ref}: no run {run_id!r} in {uri}") from None
+        raise EvalError(f"--checkpoint {ref}: no run {quote(run_id)} in {uri}") from None
     path = run.data.tags.get("checkpoint_path")
     if not path:
         raise CheckpointError(f"run {run_id}: no checkpoint_path tag (the trial saved no checkpoint)")
@@ -119,7 +120,7 @@ def _configure(checkpoint: str | None, export: str | None, profile: str, *, trac
     from trainable.config import ConfigError
 
     if profile not in PROFILES:
-        raise EvalError(f"--profile {profile!r}: choose from {', '.join(PROFILES)}")
+        raise EvalError(f"--profile {quote(profile)}: choose from {', '.join(PROFILES)}")
     cfg, clf, gen, what = load_source(checkpoint, export, dataset=dataset, model=model, tracking_uri=tracking_uri,
                                       device=device)
     overrides: dict[str, Any] = dict(PROFILES[profile], device=device, seed=seed)
@@ -252,7 +253,7 @@ def compare_command(a: str, b: str, profile: str = "cpu", out: str | os.PathLike
                           ("test_subset", ca.test_subset, cb.test_subset)):
         if va != vb:
             hint = "; pass --columns to evaluate both on the same ones" if field == "columns" else ""
-            raise EvalError(f"--compare: A ({what_a}) has {field} {va!r}, B ({what_b}) has {vb!r}: "
+            raise EvalError(f"--compare: A ({what_a}) has {field} {quote(va)}, B ({what_b}) has {quote(vb)}: "
                             f"not comparable on the same test points{hint}")
     res_a = _matrix(ca, clf_a, gen_a, what_a, profile, device, log)
     res_b = _matrix(cb, clf_b, gen_b, what_b, profile, device, log)

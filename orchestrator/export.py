@@ -23,6 +23,7 @@ import click
 from orchestrator.store import (ROLE_SWEEP, ROLE_TRIAL, TrackingUnavailable, check_tracking_uri, make_client,
                                 resolve_tracking_uri, search_all, sqlite_path)
 from trainable.checkpoint import CheckpointError
+from trainable.text import quote
 
 
 class ExportError(click.ClickException):
@@ -40,7 +41,7 @@ def open_store(tracking_uri: str | None):
     check_tracking_uri(uri)
     db = sqlite_path(uri) if uri.startswith("sqlite:") else None
     if db is not None and not db.is_file():
-        raise TrackingUnavailable(f"tracking URI {uri!r}: no MLflow database at {db.resolve()} "
+        raise TrackingUnavailable(f"tracking URI {quote(uri)}: no MLflow database at {db.resolve()} "
                                   f"(run a sweep first, or pass --tracking-uri)")
     return make_client(uri), uri
 
@@ -49,7 +50,7 @@ def find_experiment(client: Any, name: str, uri: str) -> Any:
     exp = client.get_experiment_by_name(name)
     if exp is None or exp.lifecycle_stage == "deleted":
         known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
-        raise ExportError(f"experiment {name!r} not found in {uri} (known: {', '.join(known) or 'none'})")
+        raise ExportError(f"experiment {quote(name)} not found in {uri} (known: {', '.join(known) or 'none'})")
     return exp
 
 
@@ -72,16 +73,16 @@ def best_run(client: Any, experiment: Any, metric: str | None = None, mode: str 
         mode_default = objective[1] if objective and objective[0] == metric else DEFAULT_MODE
     mode = (mode or mode_default).lower()
     if not metric.startswith("val/"):
-        raise ExportError(f"--metric {metric!r}: selection reads validation metrics only (val/…), never the test matrix")
+        raise ExportError(f"--metric {quote(metric)}: selection reads validation metrics only (val/…), never the test matrix")
     if mode not in ("max", "min"):
-        raise ExportError(f"mode {mode!r}: expected max or min")
+        raise ExportError(f"mode {quote(mode)}: expected max or min")
     runs = search_all(client, [experiment.experiment_id],
                       f"tags.role = '{ROLE_TRIAL}' and attributes.status = 'FINISHED'")
     scored = [(r.data.metrics[metric], r) for r in runs
               if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])]
     if not scored:
-        what = f"{len(runs)} finished trial runs, none with metric {metric!r}" if runs else "no FINISHED trial run"
-        raise ExportError(f"experiment {experiment.name!r}: {what}")
+        what = f"{len(runs)} finished trial runs, none with metric {quote(metric)}" if runs else "no FINISHED trial run"
+        raise ExportError(f"experiment {quote(experiment.name)}: {what}")
     # Ties go to the earlier run (stable): the first trial to reach a value keeps it.
     scored.sort(key=lambda t: (-t[0] if mode == "max" else t[0], t[1].info.start_time or 0))
     return scored[0][1], metric, mode
@@ -140,14 +141,66 @@ def model_card(cfg: Any, run: Any, metric: str, mode: str, matrix: dict | None, 
     return "\n".join(lines)
 
 
+EXPORT_FILES = ("classifier.safetensors", "generator.safetensors", "config.json", "export.json",
+                "robustness_matrix.json", "model_card.md")
+
+
+def check_out_dir(out: str | os.PathLike, force: bool) -> Path:
+    """--out may be new, an empty folder, or (with --force) a folder whose export files are
+    replaced; never a file, never a non-empty folder by surprise. Nothing is created here."""
+    d = Path(out)
+    if d.exists() and not d.is_dir():
+        raise ExportError(f"--out {d}: is a file, not a folder")
+    if d.is_dir():
+        entries = [c.name for c in d.iterdir()]
+        if entries and not force:
+            raise ExportError(f"--out {d}: is not empty ({len(entries)} entries, e.g. {entries[0]}); pass --force to "
+                              f"replace the export files in it, or choose a new folder")
+        for name in EXPORT_FILES:
+            if (d / name).is_dir() and not (d / name).is_symlink():
+                raise ExportError(f"--out {d}: {name} is a folder; refused")
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise ExportError(f"--out {d}: is not writable")
+    else:
+        anc = d.parent
+        while not anc.exists() and anc != anc.parent:
+            anc = anc.parent
+        if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
+            raise ExportError(f"--out {d}: cannot be created ({anc} is not a writable folder)")
+    return d
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move a complete export from `staging` into `out`: a rename when `out` is new; else file by
+    file with os.replace, which replaces a symlink at the target instead of writing through it.
+    Stale export files of an earlier model are removed (the links themselves, never their targets)."""
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, out)
+        return
+    new = {c.name for c in staging.iterdir()}
+    for name in EXPORT_FILES:
+        t = out / name
+        if name not in new and (t.is_symlink() or t.is_file()):
+            t.unlink()
+    for name in sorted(new):
+        os.replace(staging / name, out / name)
+    staging.rmdir()
+
+
 def export_command(experiment: str, out: str | os.PathLike, metric: str | None = None, register: str | None = None,
-                   tracking_uri: str | None = None, *, mode: str | None = None,
+                   tracking_uri: str | None = None, *, mode: str | None = None, force: bool = False,
                    log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Export the best finished trial of `experiment` into `out` (see module docstring).
 
+    Everything is checked before anything is written; the export is assembled in a fresh
+    staging folder beside `out` and moved in whole, so a failure leaves no half-written export.
     Returns a summary dict (run_id, metric, value, out, files, registered version)."""
     from trainable.export_io import load_checkpoint_modules, save_export
 
+    if register is not None and not register.strip():
+        raise ExportError("--register: empty model name")
+    out_dir = check_out_dir(out, force)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client, uri = open_store(tracking_uri)
     exp = find_experiment(client, experiment, uri)
@@ -161,23 +214,29 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     if not Path(ckpt).is_dir():
         raise CheckpointError(f"run {run.info.run_id}: checkpoint {ckpt} not found (storage moved or deleted?)")
     cfg, clf, gen, meta = load_checkpoint_modules(ckpt)
-    out_dir = Path(out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"--out {out_dir}: cannot create ({exc.strerror})") from None
     provenance = {"mlflow": {"tracking_uri": uri, "experiment": experiment, "run_id": run.info.run_id,
                              "trial_id": run.data.tags.get("trial_id"), "metric": metric, "mode": mode,
                              "value": run.data.metrics.get(metric)},
                   "checkpoint": {"path": str(Path(ckpt).resolve()), "iteration": meta.get("iteration")}}
-    save_export(out_dir, clf.state_dict(), cfg.to_dict(), gen.state_dict() if gen is not None else None, provenance)
-    matrix = None
-    with tempfile.TemporaryDirectory() as tmp:
-        got = _download(client, run.info.run_id, "robustness_matrix.json", Path(tmp))
-        if got and got.is_file():
-            shutil.copyfile(got, out_dir / "robustness_matrix.json")
-            matrix = json.loads(got.read_text())
-    (out_dir / "model_card.md").write_text(model_card(cfg, run, metric, mode, matrix, meta, experiment, gen is not None))
+    anc = out_dir.resolve().parent
+    while not anc.exists():
+        anc = anc.parent
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=anc))
+    try:
+        save_export(staging, clf.state_dict(), cfg.to_dict(), gen.state_dict() if gen is not None else None, provenance)
+        matrix = None
+        with tempfile.TemporaryDirectory() as tmp:
+            got = _download(client, run.info.run_id, "robustness_matrix.json", Path(tmp))
+            if got and got.is_file():
+                shutil.copyfile(got, staging / "robustness_matrix.json")
+                matrix = json.loads(got.read_text())
+        (staging / "model_card.md").write_text(model_card(cfg, run, metric, mode, matrix, meta, experiment,
+                                                          gen is not None))
+        staging.chmod(0o755)
+        _publish(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     summary: dict[str, Any] = {"run_id": run.info.run_id, "metric": metric, "mode": mode,
                                "value": run.data.metrics.get(metric), "out": str(out_dir),
                                "checkpoint": ckpt,

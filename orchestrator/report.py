@@ -38,6 +38,7 @@ from orchestrator import stats
 from orchestrator.artifacts import MATRIX_JSON, MATRIX_PARQUET, read_matrix_parquet
 from trainable.defenses import DEFENSES
 from trainable.evaluation import binomial_ci
+from trainable.text import quote
 
 # Column order of Table 2 (paper's columns, then the parameter-free and gradient-free ones).
 TABLE2_COLUMNS = ("natural", "fgsm", "pgd10", "pgd100", "cw100", "cw1000", "advgan", "gap", "l2lda",
@@ -68,7 +69,7 @@ class ReportError(FileNotFoundError):
 def _runs(client: Any, experiment: str) -> list[Any]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise ReportError(f"experiment {experiment!r}: not found in the tracking store")
+        raise ReportError(f"experiment {quote(experiment)}: not found in the tracking store")
     out, token = [], None
     while True:
         page = client.search_runs([exp.experiment_id], "tags.role = 'trial' and attributes.status = 'FINISHED'",
@@ -437,7 +438,7 @@ def pipeline_note(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
 def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: str = "") -> dict[str, Any]:
     """Write report.md, table{1,2,3}.parquet and the PNGs from trial records; returns what was written."""
     if not recs:
-        raise ReportError(f"experiment {experiment!r}: no finished trial with a robustness matrix")
+        raise ReportError(f"experiment {quote(experiment)}: no finished trial with a robustness matrix")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = _identity_keys(recs)
@@ -550,12 +551,10 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
 
 def report_command(experiment: str, out: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """Entry point of `l2lda-tune report --experiment NAME --out DIR [--tracking-uri URI]`."""
-    import os
+    from orchestrator.export import open_store
 
-    from mlflow import MlflowClient
-
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    client = MlflowClient(tracking_uri=uri)
+    # the same checks as every reader: reachable, MLflow's, never created by reading
+    client, uri = open_store(tracking_uri)
     written = make_report(collect(client, experiment), out, experiment)
     pairs = written["paired_comparisons"]
     print(f"report: {written['report']} ({', '.join(sorted(written['tables']))}; "

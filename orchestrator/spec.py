@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from trainable.config import ConfigError, TrialConfig, config_fields, parse_budget
+from trainable.text import quote, shorten
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "int")
 BUDGET_KEYS = ("eps",)  # pixel-space budgets that may be written as '8/255'
@@ -69,7 +70,7 @@ class SearchSpec(_Section):
     def _metric(cls, v: Any) -> Any:
         names = [v] if isinstance(v, str) else v
         if not isinstance(names, list) or not names or not all(isinstance(m, str) and m for m in names):
-            raise ValueError(f"expected a metric name or a non-empty list of names, got {v!r}")
+            raise ValueError(f"expected a metric name or a non-empty list of names, got {quote(v)}")
         if len(set(names)) != len(names):
             raise ValueError(f"a metric is listed twice: {names}")
         return v
@@ -79,7 +80,7 @@ class SearchSpec(_Section):
     def _mode(cls, v: Any) -> Any:
         modes = [v] if isinstance(v, str) else v
         if not isinstance(modes, list) or not modes or any(m not in ("max", "min") for m in modes):
-            raise ValueError(f"expected 'max' or 'min' (or a list of them), got {v!r}")
+            raise ValueError(f"expected 'max' or 'min' (or a list of them), got {quote(v)}")
         return v
 
     @field_validator("num_samples")
@@ -96,11 +97,18 @@ class SearchSpec(_Section):
             raise ValueError(f"must be >= 1, got {v}")
         return v
 
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        if not 0 <= v < 2**32:  # numpy's and Optuna's samplers take seeds in [0, 2**32)
+            raise ValueError(f"must be in [0, 2**32), got {v}")
+        return v
+
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: Optional[str]) -> Optional[str]:
         if v is not None and not re.match(r"^[a-z][a-z0-9+]*://", v):
-            raise ValueError(f"expected a database URL such as sqlite:///optuna.db, got {v!r}")
+            raise ValueError(f"expected a database URL such as sqlite:///optuna.db, got {quote(v)}")
         return v
 
     @property
@@ -213,7 +221,7 @@ class _StudyModel(_Section):
     @classmethod
     def _name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
-            raise ValueError(f"must be letters, digits, '_', '.', '-' (a directory and experiment name), got {v!r}")
+            raise ValueError(f"must be letters, digits, '_', '.', '-' (a directory and experiment name), got {quote(v)}")
         return v
 
 
@@ -241,7 +249,7 @@ class Param:
         else:
             s = f"{self.kind} [{self.low}, {self.high}]"
         if self.when:
-            s += " when " + ", ".join(f"{p} in {list(v)}" if len(v) > 1 else f"{p} = {v[0]!r}" for p, v in self.when)
+            s += " when " + ", ".join(f"{p} in {list(v)}" if len(v) > 1 else f"{p} = {quote(v[0])}" for p, v in self.when)
         return s
 
 
@@ -416,7 +424,7 @@ def _pydantic_error(exc: ValidationError, prefix: str = "") -> SpecError:
     else:
         msg = msg.removeprefix("Value error, ")
         if kind.endswith("_type") or kind.endswith("_parsing"):
-            msg = f"{msg}, got {err.get('input')!r}"
+            msg = f"{msg}, got {quote(err.get('input'))}"
     return SpecError(_one_line(f"{path}: {msg}"))
 
 
@@ -450,7 +458,7 @@ def _check_value(base: dict[str, Any], name: str, value: Any, path: str) -> Any:
 
 def _parse_when(name: str, when: Any, base: dict[str, Any], path: str) -> tuple[tuple[str, tuple], ...]:
     if not isinstance(when, Mapping) or not when:
-        raise SpecError(f"{path}: expected a mapping of parameter → value (e.g. {{diversity: true}}), got {when!r}")
+        raise SpecError(f"{path}: expected a mapping of parameter → value (e.g. {{diversity: true}}), got {quote(when)}")
     out = []
     known = config_fields()
     for p, v in when.items():
@@ -492,18 +500,18 @@ def _parse_param(name: str, entry: Any, base: dict[str, Any], base_keys: set[str
     kpath = f"{path}.{kind}"
     if kind in ("grid", "choice"):
         if not isinstance(spec, list) or not spec:
-            raise SpecError(f"{kpath}: expected a non-empty list of values, got {spec!r}")
+            raise SpecError(f"{kpath}: expected a non-empty list of values, got {quote(spec)}")
         values = tuple(_check_value(free_base, name, v, f"{kpath}[{i}]") for i, v in enumerate(spec))
         if len(set(map(repr, values))) != len(values):
             raise SpecError(f"{kpath}: a value is listed twice: {list(values)}")
         return Param(name, kind, values, when=when, default=default)
     if not isinstance(spec, list) or len(spec) != 2:
-        raise SpecError(f"{kpath}: expected [low, high], got {spec!r}")
+        raise SpecError(f"{kpath}: expected [low, high], got {quote(spec)}")
     if kind == "int":
         if not _is_int_field(name):
             raise SpecError(f"{kpath}: {name} is not an integer parameter (use uniform, loguniform or choice)")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
-            raise SpecError(f"{kpath}: low and high must be integers, got {spec!r}")
+            raise SpecError(f"{kpath}: low and high must be integers, got {quote(spec)}")
         low, high = spec
         if low > high:
             raise SpecError(f"{kpath}: low must be <= high, got [{low}, {high}]")
@@ -514,7 +522,7 @@ def _parse_param(name: str, entry: Any, base: dict[str, Any], base_keys: set[str
         try:
             low, high = (parse_budget(v, name) for v in spec)
         except ConfigError:
-            raise SpecError(f"{kpath}: low and high must be numbers, got {spec!r}") from None
+            raise SpecError(f"{kpath}: low and high must be numbers, got {quote(spec)}") from None
         if kind == "loguniform" and not low > 0:
             raise SpecError(f"{kpath}: low must be > 0, got {low}")
         if not low < high:
@@ -524,8 +532,17 @@ def _parse_param(name: str, entry: Any, base: dict[str, Any], base_keys: set[str
     return Param(name, kind, low=low, high=high, when=when, default=default)
 
 
-def _check_conditions(params: dict[str, Param]) -> None:
+def _check_conditions(params: dict[str, Param], base: Mapping[str, Any] | None = None) -> None:
     for p in params.values():
+        for dep, allowed in p.when:
+            if dep in params:
+                continue
+            # not varied: the condition's parameter has one value, from base or TrialConfig's default
+            fixed = (base or {}).get(dep, _jsonable(_DEFAULTS.get(dep)))
+            if fixed not in allowed:
+                where = "base" if dep in (base or {}) else "the default"
+                raise SpecError(f"space.{p.name}.when.{dep}: {dep} is {quote(fixed)} ({where}) in every trial, "
+                                f"so the condition never holds")
         if p.when and p.kind == "grid" and len(p.values) > 1:
             raise SpecError(f"space.{p.name}.when: a grid parameter cannot be conditional with several values "
                             f"(its trials would repeat); give it one value (a per-condition setting) or use "
@@ -608,11 +625,14 @@ def build_study(raw: Any, text: str = "", source: str | None = None) -> Study:
     base = {k: _jsonable(getattr(cfg, k)) for k in base}
     if model.resources.gpu > 0 and cfg.device == "cpu":
         raise SpecError(f"resources.gpu: {model.resources.gpu} GPU per trial but base.device is 'cpu'")
+    if model.resources.gpu == 0 and cfg.device.startswith("cuda"):
+        raise SpecError(f"base.device: {cfg.device!r} but resources.gpu is 0 (Ray gives the trial no GPU); "
+                        f"set resources.gpu or device: auto")
 
     params: dict[str, Param] = {}
     for name, entry in model.space.items():
         params[name] = _parse_param(str(name), entry, base, set(base))
-    _check_conditions(params)
+    _check_conditions(params, base)
 
     study = Study(name=model.name, description=model.description, base=base, params=params, search=model.search,
                   scheduler=model.scheduler, resources=model.resources, failure=model.failure,
@@ -628,10 +648,10 @@ def build_study(raw: Any, text: str = "", source: str | None = None) -> Study:
     for i, m in enumerate(s.metrics):
         where = "search.metric" + (f"[{i}]" if isinstance(s.metric, list) else "")
         if not m.startswith("val/"):
-            raise SpecError(f"{where}: {m!r} is not a validation metric; selection reads only val/… metrics "
+            raise SpecError(f"{where}: {quote(m)} is not a validation metric; selection reads only val/… metrics "
                             f"({', '.join(sorted(allowed))})")
         if m not in allowed:
-            raise SpecError(f"{where}: {m!r} is not reported (val metrics come from base.val_columns: "
+            raise SpecError(f"{where}: {quote(m)} is not reported (val metrics come from base.val_columns: "
                             f"{', '.join(sorted(allowed))})")
     if st != "optuna":
         if s.sampler is not None:
@@ -671,10 +691,18 @@ def shipped_studies() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+def _decode(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{source}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                        f"save the study as UTF-8") from None
+
+
 def _read(path_or_name: str | os.PathLike) -> tuple[str, str]:
     p = Path(path_or_name)
     if p.is_file():
-        return p.read_text(encoding="utf-8"), str(p)
+        return _decode(p.read_bytes(), str(p)), str(p)
     name = str(path_or_name)
     if re.fullmatch(r"[A-Za-z0-9_-]+(\.yaml)?", name):
         res = importlib.resources.files("search_spaces") / (name if name.endswith(".yaml") else name + ".yaml")
@@ -685,14 +713,77 @@ def _read(path_or_name: str | os.PathLike) -> tuple[str, str]:
     raise FileNotFoundError(f"{p}: no such study file (shipped studies: {', '.join(shipped_studies())})")
 
 
+# A study is a few hundred YAML nodes; aliases may share a block but not multiply it: past
+# this many nodes with every alias expanded, the document is refused before anything reads
+# it (a few hundred bytes of nested aliases expand to gigabytes; docs/reliability.md).
+YAML_NODE_BUDGET = 20_000
+
+
+def _yaml_error(source: str, node: Any, msg: str) -> SpecError:
+    mark = getattr(node, "start_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return SpecError(_one_line(f"{source}: {msg}{where}"))
+
+
+def _check_yaml_tree(root: Any, source: str) -> None:
+    """Refuse alias expansion beyond the budget (or a recursive alias), duplicate mapping keys
+    and non-finite numbers, on the composed node graph, before it is constructed."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        nid = id(node)
+        if done:
+            active.discard(nid)
+            kids = ([c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode)
+                    else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+            sizes[nid] = min(YAML_NODE_BUDGET + 1, 1 + sum(sizes[id(c)] for c in kids))
+            if sizes[nid] > YAML_NODE_BUDGET:
+                raise _yaml_error(source, node, f"more than {YAML_NODE_BUDGET:,} YAML nodes once aliases are "
+                                                f"expanded (an alias bomb?)")
+            continue
+        if nid in sizes:
+            continue
+        if nid in active:
+            raise _yaml_error(source, node, "a recursive YAML alias (a value that contains itself)")
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == "tag:yaml.org,2002:float":
+                v = yaml.SafeLoader.construct_yaml_float(yaml.SafeLoader(""), node)
+                if not math.isfinite(v):
+                    raise _yaml_error(source, node, f"non-finite number {quote(node.value)}")
+            sizes[nid] = 1
+            continue
+        active.add(nid)
+        stack.append((node, True))
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, Any] = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if k.value in seen:
+                        raise _yaml_error(source, k, f"duplicate key {quote(k.value)} (first at line "
+                                                     f"{seen[k.value].start_mark.line + 1})")
+                    seen[k.value] = k
+                stack += [(k, False), (v, False)]
+        else:
+            stack += [(c, False) for c in node.value]
+
+
 def parse_yaml(text: str, source: str = "spec") -> Any:
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_tree(node, source)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(_one_line(f"{source}: YAML syntax error{where}: {problem}")) from None
+        raise SpecError(_one_line(f"{source}: YAML syntax error{where}: {shorten(problem, 200)}")) from None
+    finally:
+        loader.dispose()
 
 
 def load_spec(path_or_name: str | os.PathLike) -> Study:

@@ -203,6 +203,11 @@ class _Run:
                 + (self.terminate is not None) + (not self.resolved))
 
 
+# The callbacks of the sweeps this process runs (a resumed sweep's callback is unpickled by
+# Tune, not built by us): the driver asks them, after fit(), how many records were lost.
+ACTIVE: list["MLflowCallback"] = []
+
+
 class MLflowCallback(Callback):
     """Ray Tune callback that records a sweep in MLflow (the only writer; runs on the driver).
 
@@ -252,6 +257,8 @@ class MLflowCallback(Callback):
         self._warned_down = False
         self._rejected = 0
         self._ended = False
+        self.lost = 0
+        self.interrupted: str | None = None  # "SIGINT"/"SIGTERM" once the driver was told to stop
 
     def __getstate__(self) -> dict:
         # Ray pickles the RunConfig (and so this callback) into tuner.pkl: keep only the
@@ -334,6 +341,8 @@ class MLflowCallback(Callback):
             p.write_text(self.spec_text)
             self._parent.artifacts.append((str(p), None))
         self._flush(force=True)
+        if self not in ACTIVE:
+            ACTIVE.append(self)
         # A driver stopped by Ctrl-C (or any normal exit) before the experiment ended still
         # writes what it queued and marks the sweep INTERRUPTED; --resume reopens the runs.
         atexit.register(self._at_exit)
@@ -341,13 +350,35 @@ class MLflowCallback(Callback):
     def _at_exit(self) -> None:
         if self._ended or self._parent is None:
             return
-        for run in self._trials.values():
-            if run.status == "RUNNING" and run.terminate is None:
-                run.tags["status"] = run.status = "INTERRUPTED"
-                run.terminate = "KILLED"
-        self._parent.tags["status"] = "INTERRUPTED"
-        self._parent.terminate = "KILLED"
+        self._mark_interrupted()
         self.close()
+
+    def _mark_interrupted(self) -> None:
+        """Every run not yet ended → KILLED (status tag INTERRUPTED); --resume reopens them."""
+        for run in self._trials.values():
+            if run.terminate is None and run.status not in ("FINISHED", "FAILED", "KILLED"):
+                run.tags["status"] = run.status = "INTERRUPTED"
+                if self.interrupted:
+                    run.tags["interrupted_by"] = self.interrupted
+                run.terminate = "KILLED"
+        if self._parent is not None and self._parent.terminate is None:
+            self._parent.tags["status"] = "INTERRUPTED"
+            if self.interrupted:
+                self._parent.tags["interrupted_by"] = self.interrupted
+            self._parent.terminate = "KILLED"
+
+    def interrupt(self, signame: str) -> None:
+        """The driver got SIGINT/SIGTERM: from the next Tune step on, errors of trials are the
+        interruption's (KILLED, not FAILED), and every open run is written as KILLED at once, so
+        the records hold even if the process does not survive the shutdown."""
+        self.interrupted = signame
+        self._interrupt_pending = True
+
+    def _apply_interrupt(self) -> None:
+        if getattr(self, "_interrupt_pending", False) and not self._ended:
+            self._interrupt_pending = False
+            self._mark_interrupted()
+            self._flush(force=True, ignore_backoff=True)
 
     @_guarded
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -413,10 +444,14 @@ class MLflowCallback(Callback):
 
     @_guarded
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.interrupted:  # a worker that got the same signal: the interruption, not a failure
+            self._finish_trial(trial, "KILLED", f"interrupted by {self.interrupted}")
+            return
         self._finish_trial(trial, "FAILED", failure_reason(trial))
 
     @_guarded
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._apply_interrupt()
         self._flush()
 
     @_guarded
@@ -436,7 +471,7 @@ class MLflowCallback(Callback):
         # Tune also ends the experiment when the driver is interrupted (SIGINT): trials still
         # pending or running mean the sweep is not finished and --resume will reopen it.
         unfinished = [t for t in trials or [] if str(getattr(t, "status", "TERMINATED")) not in ("TERMINATED", "ERROR")]
-        if unfinished:
+        if unfinished or self.interrupted:
             self._at_exit()
             return
         self._parent.tags["status"] = "FINISHED"
@@ -455,6 +490,7 @@ class MLflowCallback(Callback):
             time.sleep(delay)
             self._flush(force=True, ignore_backoff=True)
         lost = self._pending()
+        self.lost = lost + self._rejected
         if lost:
             self._say(f"mlflow: {lost} tracking records could not be written to {self.tracking_uri} and are lost "
                       f"(store unavailable: {self._down_reason})")

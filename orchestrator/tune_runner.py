@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TextIO
 
 from orchestrator.spec import Param, SpecError, Study, condition_order
+from trainable.text import quote, shorten
 
 LOCAL_NODE_IP = "127.0.0.2"
 
@@ -56,23 +57,95 @@ def is_local(storage: str) -> bool:
     return "://" not in storage
 
 
+# pyarrow's filesystems, which Ray Tune's storage_path goes through.
+REMOTE_STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az", "memory")
+
+
 def check_storage(storage: str) -> None:
-    """A local storage path must be creatable and writable before anything starts."""
+    """A local storage path must be creatable and writable, a URI of a known filesystem; nothing
+    is created here (a failed start leaves no ``runs/``; docs/reliability.md)."""
     if not is_local(storage):
+        scheme = storage.split("://", 1)[0].lower()
+        if scheme not in REMOTE_STORAGE_SCHEMES:
+            raise SpecError(f"--storage: unknown filesystem {scheme!r} in {quote(storage)} "
+                            f"(a local path, or {', '.join(s + '://' for s in REMOTE_STORAGE_SCHEMES[:4])} …)")
+        if not storage.split("://", 1)[1].strip("/"):
+            raise SpecError(f"--storage: {quote(storage)} names no bucket or path")
         return
     p = Path(storage)
+    anc = p
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise SpecError(f"--storage: cannot create {p} ({anc} is not a directory)")
+    if anc == p and not os.access(p, os.W_OK | os.X_OK):
+        raise SpecError(f"--storage: {p} is not writable")
+    if anc != p and not os.access(anc, os.W_OK | os.X_OK):
+        raise SpecError(f"--storage: cannot create {p} ({anc} is not writable)")
+
+
+LOCK_FILE = ".l2lda-driver.lock"
+
+
+class SweepClaim:
+    """This driver's exclusive hold on a local sweep directory: an flock on a file inside it,
+    released when the process ends (however it ends). `release(failed=True)` also removes the
+    directories this claim created, so a start that fails later leaves nothing behind."""
+
+    def __init__(self, path: Path, fd: int, created: list[Path]) -> None:
+        self.path, self._fd, self.created = path, fd, created
+
+    def release(self, failed: bool = False) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if failed:
+            import shutil
+
+            for d in self.created:  # innermost first; only what this claim made and nothing else wrote into
+                if d.is_dir() and all(c.name == LOCK_FILE for c in d.iterdir()):
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+def claim_sweep_dir(storage: str, name: str, resume: bool) -> SweepClaim | None:
+    """Create (or, with --resume, open) `storage/name` and lock it exclusively; a second driver
+    on the same sweep gets a one-line ResumeError (remote storage cannot be locked: None)."""
+    import fcntl
+
+    if not is_local(storage):
+        return None
+    d = Path(storage) / name
+    created: list[Path] = []
+    missing = [a for a in [d, *d.parents] if not a.exists()]
     try:
-        p.mkdir(parents=True, exist_ok=True)
+        for a in reversed(missing):
+            try:
+                os.mkdir(a)
+                created.insert(0, a)
+            except FileExistsError:
+                pass
     except OSError as exc:
-        raise SpecError(f"--storage: cannot create {p} ({exc.strerror or exc})") from None
-    if not p.is_dir():
-        raise SpecError(f"--storage: {p} is not a directory")
-    probe = p / f".l2lda-write-test-{os.getpid()}"
+        SweepClaim(d, None, created).release(failed=True)
+        raise SpecError(f"--storage: cannot create {d} ({exc.strerror or exc})") from None
     try:
-        probe.write_text("ok")
-        probe.unlink()
+        fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise SpecError(f"--storage: {p} is not writable ({exc.strerror or exc})") from None
+        SweepClaim(d, None, created).release(failed=True)
+        raise SpecError(f"--storage: {d} is not writable ({exc.strerror or exc})") from None
+    claim = SweepClaim(d, fd, created)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        claim.release()
+        raise ResumeError(f"--name: {d} is in use by another l2lda-tune (pid {other}); wait for it or pass "
+                          f"another --name") from None
+    if not resume and any(c.name != LOCK_FILE for c in d.iterdir()):
+        claim.release()
+        raise ResumeError(f"--name: {d} already holds a sweep; pass --resume to continue it or another --name")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return claim
 
 
 def sweep_name(study: Study, name: str | None, storage: str, resume: bool) -> str:
@@ -86,7 +159,7 @@ def sweep_name(study: Study, name: str | None, storage: str, resume: bool) -> st
         raise ResumeError(f"--resume: pass --name with a remote storage ({storage})")
     cands = [d for d in Path(storage).glob(f"{study.name}*") if d.is_dir() and _is_sweep_dir(d)]
     if not cands:
-        raise ResumeError(f"--resume: no sweep of study {study.name!r} under {storage} (pass --name and --storage)")
+        raise ResumeError(f"--resume: no sweep of study {quote(study.name)} under {storage} (pass --name and --storage)")
     return max(cands, key=lambda d: d.stat().st_mtime).name
 
 
@@ -101,7 +174,7 @@ def check_sweep_dir(storage: str, name: str, resume: bool) -> None:
     d = Path(storage) / name
     if resume and not _is_sweep_dir(d):
         raise ResumeError(f"--resume: {d} is not a sweep directory (no tuner.pkl / experiment state)")
-    if not resume and d.exists() and any(d.iterdir()):
+    if not resume and d.exists() and any(c.name != LOCK_FILE for c in d.iterdir()):
         raise ResumeError(f"--name: {d} already holds a sweep; pass --resume to continue it or another --name")
 
 
@@ -301,8 +374,120 @@ def _node_ip_for(address: str | None) -> str | None:
         return None
 
 
+class PlacementError(RuntimeError):
+    """A trial can never be placed (or the cluster cannot be reached); one line, exit 2."""
+
+
+def _address_origin(address: str, origin: str) -> str:
+    return f"RAY_ADDRESS={address}" if origin == "env" else f"--address {address}"
+
+
+def check_address(address: str | None, origin: str = "option", timeout: float = 3.0) -> str | None:
+    """Fail within seconds, in one line naming the address as the user gave it, when the Ray
+    cluster at `address` cannot be reached (before anything is created). Returns the address
+    to attach to (None: start a local instance)."""
+    if address is None or address.strip() in ("", "local"):
+        return None
+    address = address.strip()
+    what = _address_origin(quote(address)[1:-1] if len(address) > 80 else address, origin)
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            found = canonicalize_bootstrap_address("auto")
+        except Exception:
+            found = None
+        if not found:
+            raise PlacementError(f"{what}: no running Ray cluster on this machine (start one with `ray start --head`, "
+                                 f"or leave the address out to run a local instance)")
+        return address
+    m = re.fullmatch(r"(?:(ray|http|https)://)?(\[[^\]\s]+\]|[^\s:/\[\]]+)(?::(\d+))?/?", address)
+    if not m:
+        raise PlacementError(f"{what}: not a Ray address (host:port, ray://host:port or auto)")
+    scheme, host, port = m.group(1), m.group(2).strip("[]"), m.group(3)
+    port_n = int(port) if port else {"ray": 10001, "http": 8265, "https": 443}.get(scheme or "", 6379)
+    if not 0 < port_n < 65536:
+        raise PlacementError(f"{what}: port {port_n} is out of range")
+    import socket
+
+    try:
+        with socket.create_connection((host, port_n), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise PlacementError(f"{what}: no Ray cluster answers at {host}:{port_n} ({reason})") from None
+    return address
+
+
+def local_resources() -> dict[str, float]:
+    """What a local Ray instance started here would have: CPUs as Ray counts them, GPUs."""
+    try:
+        from ray._private.utils import get_num_cpus
+
+        cpus = float(get_num_cpus())
+    except Exception:
+        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    gpus = 0.0
+    try:
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    except Exception:
+        pass
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def placement_problem(study: Study, nodes: list[Mapping[str, float]]) -> str | None:
+    """Why no node in `nodes` (their total resources) can ever hold one trial, else None."""
+    need = {"CPU": study.resources.cpu, "GPU": study.resources.gpu}
+    for n in nodes:
+        if all(float(n.get(k, 0.0)) + 1e-9 >= v for k, v in need.items() if v > 0):
+            return None
+    best = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)), default={})
+    short = [k for k, v in need.items() if v > 0 and float(best.get(k, 0.0)) + 1e-9 < v]
+    parts = ", ".join(f"resources.{k.lower()} {need[k]:g}" for k in short) or "its resources"
+    have = f"{best.get('CPU', 0.0):g} CPU, {best.get('GPU', 0.0):g} GPU"
+    return f"{parts} per trial, but {'the largest node has' if len(nodes) > 1 else 'this machine has'} {have}"
+
+
+def check_local_placement(study: Study) -> None:
+    """With the tool's own local Ray every resource is known: a trial that could never be
+    placed is an error before anything starts (Ray would keep it PENDING forever)."""
+    res = local_resources()
+    problem = placement_problem(study, [res])
+    if problem:
+        raise PlacementError(f"{problem}: no trial could ever start (lower resources.cpu/gpu, "
+                             f"--cpus-per-trial/--gpus-per-trial, or attach to a cluster with --address)")
+    dev = str(study.base.get("device", "auto"))
+    if dev.startswith("cuda") and res["GPU"] == 0:
+        raise PlacementError(f"base.device: {dev!r} but this machine has no CUDA GPU")
+
+
+def wait_for_placement(study: Study, address: str, timeout: float, log: Callable[[str], None] = print) -> None:
+    """On an existing cluster, wait at most `timeout` seconds (an autoscaler may add nodes) for
+    a node that can hold one trial; then a one-line PlacementError."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        problem = placement_problem(study, nodes)
+        if problem is None:
+            return
+        if time.monotonic() >= deadline:
+            raise PlacementError(f"Ray cluster at {address}: {problem}; waited {timeout:g} s for a node that fits "
+                                 f"(--placement-timeout)")
+        if not said:
+            log(f"waiting up to {timeout:g} s for a node that can hold a trial ({problem})")
+            said = True
+        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+
+
 def init_ray(address: str | None, log: Callable[[str], None] = print) -> bool:
     """Start (or attach to) Ray; returns True when this call started it (and must shut it down)."""
+    import signal
+
     import ray
 
     if ray.is_initialized():
@@ -321,9 +506,21 @@ def init_ray(address: str | None, log: Callable[[str], None] = print) -> bool:
         # A loopback-only local instance: token authentication protects clusters shared over a
         # network and only gets in the way here (DESIGN §8).
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # "local": always a new instance; Ray's default would attach to a cluster started with
-        # `ray start` on this machine (`--address auto` does that on purpose).
-        ray.init(address="local", include_dashboard=False, **kwargs)
+        # SIGTERM sent to the whole process group (timeout, docker, systemd, Kubernetes) must
+        # reach the driver only, which then stops the trials itself: Ray's processes inherit a
+        # blocked SIGTERM as they already inherit a blocked SIGINT (docs/reliability.md). They
+        # still die with the driver (Ray's kernel fate-sharing), and are stopped with SIGKILL.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            # "local": always a new instance; Ray's default would attach to a cluster started with
+            # `ray start` on this machine (`--address auto` does that on purpose).
+            ray.init(address="local", include_dashboard=False, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        node = getattr(ray._private.worker, "_global_node", None)
+        if node is not None and hasattr(node, "kill_all_processes"):
+            kill = node.kill_all_processes
+            node.kill_all_processes = lambda *a, **k: kill(*a, **{**k, "allow_graceful": False})
     return True
 
 
@@ -365,10 +562,129 @@ def build_tuner(study: Study, *, name: str, storage: str, callbacks: list, repor
                       run_config=run_config)
 
 
+class Interrupted(RuntimeError):
+    """The driver was stopped by SIGINT/SIGTERM; runs are marked KILLED, the sweep can resume."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.signame}")
+
+
+class RecordsLost(RuntimeError):
+    """The sweep ran but some tracking records never reached the store."""
+
+
+def _hard_exit(signum: int, resume_command: str | None) -> None:
+    """Last resort (second signal, or the graceful stop took too long): write what can be
+    written, say how to resume, exit 128 + signal."""
+    import signal
+
+    from orchestrator.tracking import ACTIVE
+
+    name = signal.Signals(signum).name
+    for cb in list(ACTIVE):
+        try:
+            cb.interrupted = cb.interrupted or name
+            cb.retry_delays = ()
+            cb._at_exit()
+        except Exception:
+            pass
+    print(interrupt_message(name, resume_command), file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+def interrupt_message(signame: str, resume_command: str | None) -> str:
+    msg = f"l2lda-tune: interrupted by {signame}; unfinished runs are marked KILLED in MLflow"
+    return msg + (f"; continue the sweep with:\n  {resume_command}" if resume_command else "")
+
+
+class _StopOnSignals:
+    """SIGINT and SIGTERM stop the sweep the way Tune's own Ctrl-C does (trials stopped, the
+    experiment state saved one last time), but for both signals, with the tracking callback told
+    first so it records the trials as KILLED, and with a bounded grace period: a second signal,
+    or `grace` seconds, end the driver at once (exit 128 + signal)."""
+
+    def __init__(self, say: Callable[[str], None], resume_command: str | None, grace: float) -> None:
+        self.say, self.resume_command, self.grace = say, resume_command, grace
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+        self._env: str | None = None
+
+    def __enter__(self) -> "_StopOnSignals":
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        # Tune's SIGINT handler would take SIGINT from us; its SIGUSR1 handler stays and is what
+        # we call to stop the run loop.
+        self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def reinstall(self) -> None:
+        """Again after ray.init: Ray's core worker installs its own SIGTERM handler (which
+        dumps a stack and aborts) over ours."""
+        import signal
+
+        if self._old:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handle)
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        if self._old:
+            if self._env is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+        import threading
+
+        from orchestrator.tracking import ACTIVE
+
+        if self.signum is not None:
+            _hard_exit(self.signum, self.resume_command)
+        self.signum = signum
+        name = signal.Signals(signum).name
+        print(f"l2lda-tune: {name} received: stopping the trials and writing the records "
+              f"(send it again to exit at once)", file=sys.stderr, flush=True)
+        for cb in ACTIVE:
+            cb.interrupt(name)
+        threading.Thread(target=self._watchdog, daemon=True).start()
+        tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+        if callable(tune_stop) and tune_stop is not self._handle:
+            tune_stop(signal.SIGUSR1, frame)  # Tune's run loop ends after this step
+        else:
+            raise KeyboardInterrupt  # not in Tune's loop yet: stop where we are
+
+    def _watchdog(self) -> None:
+        time.sleep(self.grace)
+        _hard_exit(self.signum or 15, self.resume_command)
+
+
 def run_study(study: Study, *, name: str, storage: str, tracking_uri: str, address: str | None = None,
-              resume: bool = False, reporter: bool = True, out: TextIO | None = None) -> Any:
+              resume: bool = False, reporter: bool = True, out: TextIO | None = None,
+              resume_command: str | None = None, placement_timeout: float = 60.0,
+              stop_grace: float | None = None) -> Any:
     """Run (or resume) the sweep; returns Tune's ResultGrid after printing the summary.
-    Callers validate the spec, storage and tracking URI first (the CLI does)."""
+    Callers validate the spec, storage and tracking URI first (the CLI does).
+
+    Raises :class:`Interrupted` after SIGINT/SIGTERM (runs KILLED, the sweep resumable),
+    :class:`RecordsLost` when any tracking record could not be written, :class:`PlacementError`
+    when an existing cluster has no node that fits a trial within `placement_timeout` seconds."""
+    from orchestrator.tracking import ACTIVE
+
     out = out or sys.stdout
     say = lambda msg: print(msg, file=out, flush=True)  # noqa: E731
     # Tune's legacy reporter (a few chosen columns) instead of the verbose new output engine.
@@ -377,31 +693,60 @@ def run_study(study: Study, *, name: str, storage: str, tracking_uri: str, addre
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's default loggers include TensorBoard, which cannot store the matrix data; keep JSON + CSV.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    started = init_ray(address, say)
+    if stop_grace is None:
+        stop_grace = float(os.environ.get("L2LDA_STOP_GRACE_S", "60"))
+    ACTIVE.clear()
+    stop = _StopOnSignals(say, resume_command, stop_grace)
+    started = False
     t0 = time.perf_counter()
     try:
-        from ray import tune
+        with stop:
+            started = init_ray(address, say)
+            stop.reinstall()
+            if address:
+                wait_for_placement(study, address, placement_timeout, say)
+            from ray import tune
 
-        path = f"{storage.rstrip('/')}/{name}"
-        if resume:
-            say(f"resuming sweep {name} from {path}")
-            try:
-                tuner = tune.Tuner.restore(path, trainable=trainable_with_resources(study), resume_errored=True)
-            except Exception as exc:  # a truncated or foreign tuner.pkl / experiment state: one line, exit 2
-                first = (str(exc).strip().splitlines() or [""])[0][:200]
-                raise ResumeError(f"--resume: {path} is not a usable sweep ({type(exc).__name__}: {first})") from None
-        else:
-            callbacks = make_callbacks(study, tracking_uri=tracking_uri, name=name, storage=storage, resume=False)
-            tuner = build_tuner(study, name=name, storage=storage, callbacks=callbacks, reporter=reporter)
-        results = tuner.fit()
+            path = f"{storage.rstrip('/')}/{name}"
+            if resume:
+                say(f"resuming sweep {name} from {path}")
+                try:
+                    tuner = tune.Tuner.restore(path, trainable=trainable_with_resources(study), resume_errored=True)
+                except Exception as exc:  # a truncated or foreign tuner.pkl / experiment state: one line, exit 2
+                    first = (str(exc).strip().splitlines() or [""])[0][:200]
+                    raise ResumeError(f"--resume: {path} is not a usable sweep ({type(exc).__name__}: {first})") from None
+            else:
+                callbacks = make_callbacks(study, tracking_uri=tracking_uri, name=name, storage=storage, resume=False)
+                tuner = build_tuner(study, name=name, storage=storage, callbacks=callbacks, reporter=reporter)
+            results = tuner.fit()
         summary = summarize(results, study, wall_s=time.perf_counter() - t0)
         say(summary)
-        return results
+    except KeyboardInterrupt:
+        if stop.signum is None:
+            raise
+        results = None
     finally:
+        if stop.signum is not None:
+            for cb in list(ACTIVE):  # on_experiment_end did it when Tune got that far; idempotent
+                cb.interrupted = cb.interrupted or stop_name(stop.signum)
+                cb._at_exit()
         if started:
             import ray
 
             ray.shutdown()
+    if stop.signum is not None:
+        raise Interrupted(stop.signum)
+    lost = sum(cb.lost for cb in ACTIVE)
+    if lost:
+        raise RecordsLost(f"{lost} tracking records could not be written to {shorten(tracking_uri)}; the sweep's "
+                          f"MLflow record is incomplete (the checkpoints are in {path})")
+    return results
+
+
+def stop_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 # ---------------------------------------------------------------------------- summary
@@ -453,7 +798,7 @@ def summarize(results: Any, study: Study, wall_s: float | None = None) -> str:
         v = m.get(study.metric)
         if isinstance(v, (int, float)) and math.isfinite(v) and r.checkpoint and (best_val is None or sign * v > sign * best_val):
             best, best_val = (tid, r), v
-    lines = [f"\nsweep summary — study {study.name!r}, {len(rows) - 1} trials"
+    lines = [f"\nsweep summary — study {quote(study.name)}, {len(rows) - 1} trials"
              + (f", {n_err} failed" if n_err else "") + (f", {wall_s:.0f} s" if wall_s is not None else ""),
              _table(rows)]
     if failures:
@@ -485,7 +830,7 @@ def estimate_iteration_ms(cfg: Mapping[str, Any], gpu: float) -> float:
 def describe_study(study: Study, *, name: str | None = None, storage: str | None = None,
                    address: str | None = None, tracking_uri: str | None = None) -> str:
     """The resolved study, trial count, resources and a rough cost estimate (runs nothing)."""
-    lines = [f"study {study.name!r}" + (f" — {study.description}" if study.description else ""),
+    lines = [f"study {quote(study.name)}" + (f" — {study.description}" if study.description else ""),
              f"  source: {study.source}"]
     if name:
         lines.append(f"  sweep name: {name}")
@@ -520,30 +865,99 @@ def describe_study(study: Study, *, name: str | None = None, storage: str | None
         for i, c in enumerate(study.grid_configs()):
             lines.append(f"    [{i}] " + ", ".join(f"{k}={v}" for k, v in c.items())
                          + (f"  (× {s.num_samples} samples)" if s.num_samples > 1 else ""))
-    # cost: iterations × trials, and a rough CPU-seconds figure from per-defense costs
-    configs = [{**base_trial_config(study), **{k: v for k, v in c.items() if not isinstance(v, str) or
-               not v.startswith(("uniform", "loguniform", "int", "choice"))}} for c in study.grid_configs()]
-    per_trial_s = []
-    for c in configs:
-        cfg = dict(c)
-        for p in study.params.values():  # sampled parameters: take the costly end
-            if p.kind in ("uniform", "loguniform", "int"):
-                cfg.setdefault(p.name, p.high)
-            elif p.kind == "choice":
-                cfg.setdefault(p.name, p.values[-1])
-        it = int(cfg.get("iterations", 0)) + int(cfg.get("warmup", 0))
-        warm = int(cfg.get("warmup", 0))
-        ms_adv = estimate_iteration_ms(cfg, r.gpu)
-        ms_clean = estimate_iteration_ms({**cfg, "defense": "plain"}, r.gpu)
-        per_trial_s.append(((it - warm) * ms_adv + warm * ms_clean) / 1000)
-    mean_s = sum(per_trial_s) / len(per_trial_s)
+    # cost, from each grid config resolved through TrialConfig (its defaults included): training,
+    # validation reports and the test matrix (docs/reliability.md, "--dry-run")
+    per_trial = [estimate_trial_s(_costly_config(study, c), r.gpu) for c in study.grid_configs()]
+    train_s = sum(t for t, _, _ in per_trial) / len(per_trial) * n
+    val_s = sum(v for _, v, _ in per_trial) / len(per_trial) * n
+    matrix_s = sum(m for _, _, m in per_trial) / len(per_trial) * n
     iters = study.iterations_per_trial()
-    total_iters = iters * n
-    trial_s = mean_s * n
-    lines.append(f"  cost: {iters:,} iterations per trial × {n} trials = {total_iters:,} iterations; "
-                 f"roughly {_human(trial_s)} of {'GPU' if r.gpu else 'CPU-core'} time for training "
-                 f"(+ the test matrix per trial; a rough figure from per-defense costs on LeNet-5/CPU)")
+    unit = "GPU" if r.gpu else "CPU-core"
+    lines.append(f"  cost: {iters:,} iterations per trial × {n} trials = {iters * n:,} iterations; roughly "
+                 f"{_human(train_s + val_s + matrix_s)} of {unit} time: training {_human(train_s)}, validation "
+                 f"{_human(val_s)}, test matrix {_human(matrix_s)} (rough figures from per-defense and per-attack "
+                 f"costs on LeNet-5/CPU)")
+    if address:
+        lines.append(f"  placement: checked against the cluster at {address} when the sweep starts "
+                     f"(bounded wait, --placement-timeout)")
+    else:
+        res = local_resources()
+        problem = placement_problem(study, [res])
+        dev = str(study.base.get("device", "auto"))
+        if problem is None and dev.startswith("cuda") and res["GPU"] == 0:
+            problem = f"base.device {dev!r} but this machine has no CUDA GPU"
+        if problem:
+            lines.append(f"  placement: CANNOT RUN HERE — {problem}; the sweep would be refused")
+        else:
+            k = int(min(res["CPU"] // r.cpu, res["GPU"] // r.gpu if r.gpu else float("inf")))
+            k = min(k, s.max_concurrent or k, n)
+            lines.append(f"  placement: fits this machine ({res['CPU']:g} CPU, {res['GPU']:g} GPU): up to {k} "
+                         f"trial{'s' if k != 1 else ''} at once, about {_human((train_s + val_s + matrix_s) / max(1, k))} "
+                         f"wall-clock")
     return "\n".join(lines)
+
+
+# Test-split sizes (DESIGN §5) for a test_subset of 0 (the whole split).
+_TEST_SIZE = {"mnist5k": 1000, "mnist": 10000, "fashion_mnist": 10000, "cifar10": 10000}
+# One input-gradient step of one LeNet-5 example on one CPU thread (docs/reliability.md: 18 ms
+# per 100 images); a forward pass alone costs about a third of it.
+_GRAD_MS = 0.18
+# Input-gradient steps per test example of the columns outside the PGD family.
+_COLUMN_STEPS = {"natural": 0.3, "apgd_ce": 100, "apgd_t": 900, "autoattack": 2000}
+
+
+def _costly_config(study: Study, shown: Mapping[str, Any]) -> Any:
+    """A grid config resolved through TrialConfig, sampled parameters at their costly end."""
+    from trainable.config import TrialConfig
+
+    cfg = dict(base_trial_config(study))
+    cfg.update({k: v for k, v in shown.items() if k in study.params and study.params[k].kind in ("grid", "fixed")})
+    for p in study.params.values():
+        if p.kind in ("uniform", "loguniform", "int"):
+            cfg[p.name] = p.high
+        elif p.kind == "choice":
+            cfg[p.name] = p.values[-1]
+    try:
+        return TrialConfig.from_dict(cfg).resolved()
+    except Exception:
+        return TrialConfig.from_dict(base_trial_config(study)).resolved()
+
+
+def estimate_trial_s(cfg: Any, gpu: float) -> tuple[float, float, float]:
+    """(training, validation, test matrix) seconds of one trial, a rough single-thread figure."""
+    from trainable.attacks import ATTACKS
+
+    d = {k: getattr(cfg, k) for k in ("defense", "dataset", "model", "T", "recursive", "gen_width", "batch_size")}
+    ms_adv = estimate_iteration_ms(d, gpu)
+    ms_clean = estimate_iteration_ms({**d, "defense": "plain"}, gpu)
+    train = (cfg.iterations * ms_adv + cfg.warmup * ms_clean) / 1000
+    model = _MODEL_FACTOR.get(cfg.model_name, 1.0) / (_GPU_SPEEDUP if gpu > 0 else 1.0)
+    grad_ms = _GRAD_MS * model
+
+    def steps(col: str) -> float:
+        if col in ATTACKS:
+            return float(ATTACKS[col][1].get("steps", 1))
+        if col == "square":
+            return 0.3 * cfg.square_queries
+        if col == "autoattack":
+            return _COLUMN_STEPS["autoattack"] + 0.3 * cfg.square_queries
+        return float(_COLUMN_STEPS.get(col, 0.0))
+
+    reports = max(1, math.ceil(cfg.total_iterations / cfg.steps_per_report))
+    val = reports * cfg.val_subset * sum(steps(c) for c in cfg.val_columns if c in ATTACKS or c in _COLUMN_STEPS) \
+        * grad_ms / 1000
+    n_test = cfg.test_subset or _TEST_SIZE.get(cfg.dataset, 10000)
+    matrix = n_test * sum(steps(c) for c in cfg.eval_columns) * grad_ms / 1000
+    gen_cols = [c for c in cfg.eval_columns if c in ("l2lda", "advgan", "gap")]
+    if gen_cols:  # each trains a generator against the frozen classifier, then draws samples
+        gen_cfg = {**d, "defense": "l2lda", "gen_width": cfg.gen_attack_width or cfg.gen_width}
+        per = cfg.gen_attack_steps * estimate_iteration_ms(gen_cfg, gpu) / 1000
+        matrix += len(gen_cols) * (per + n_test * cfg.gen_attack_samples * cfg.gen_steps * grad_ms / 1000)
+    if "transfer" in cfg.eval_columns:  # surrogates A plain, B FGSM-AT, C PGD10-AT (DESIGN §3)
+        it = cfg.transfer_iterations or cfg.iterations
+        matrix += it * sum(estimate_iteration_ms({**d, "defense": k, "model": "lenet5"}, gpu)
+                           for k in ("plain", "fgsm_at", "pgd10_at")) / 1000
+    return train, val, matrix
 
 
 def _human(seconds: float) -> str:

@@ -332,8 +332,14 @@ def test_unreachable_server_is_one_line_error_before_anything():
 
 
 def test_sqlite_uri_checks(tmp_path):
-    check_tracking_uri(f"sqlite:///{tmp_path}/sub/mlflow.db")  # a missing directory is created
-    assert (tmp_path / "sub").is_dir()
+    check_tracking_uri(f"sqlite:///{tmp_path}/sub/mlflow.db")  # a missing directory is creatable: checked, not made
+    assert not (tmp_path / "sub").exists()
+    from orchestrator.store import open_tracking_store, remove_new_store
+
+    created = open_tracking_store(f"sqlite:///{tmp_path}/sub/mlflow.db")  # made when the sweep really starts
+    assert (tmp_path / "sub" / "mlflow.db").is_file() and created[-1] == (tmp_path / "sub").resolve()
+    remove_new_store(created)  # a start that fails later takes it back
+    assert not (tmp_path / "sub").exists()
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(TrackingUnavailable, match="not a writable database file"):
         check_tracking_uri(f"sqlite:///{tmp_path}/dir.db")

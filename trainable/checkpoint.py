@@ -85,7 +85,16 @@ def load_state(directory: str | os.PathLike, map_location: Any = "cpu") -> tuple
 
 
 def load_module_state(module: torch.nn.Module, state: dict, what: str) -> None:
-    """load_state_dict with a one-line error on a mismatch (wrong architecture or dataset)."""
+    """load_state_dict with a one-line error on a mismatch (wrong architecture or dataset).
+    Integer (or boolean) tensors where the model holds floating-point weights are refused,
+    not cast: no training run writes them, so the file is not what it claims to be."""
+    own = module.state_dict()
+    if isinstance(state, dict):
+        for k, v in state.items():
+            if (isinstance(v, torch.Tensor) and k in own and own[k].is_floating_point()
+                    and not v.is_floating_point()):
+                raise CheckpointError(f"{what}: {k} holds {str(v.dtype).replace('torch.', '')} values where the "
+                                      f"model has {str(own[k].dtype).replace('torch.', '')} weights; refused")
     try:
         module.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as exc:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from typing import Any, Mapping
 
+from trainable.text import quote
+
 DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10")
 MODELS = ("lenet5", "resnet20")
 DEFENSES = ("plain", "fgsm_at", "pgd10_at", "pgd100_at", "cw100_at", "l2l_star", "l2lda")
@@ -60,15 +62,15 @@ class ConfigError(ValueError):
 def parse_budget(value: Any, key: str = "eps") -> float:
     """Parse a pixel-space budget given as a number or a fraction string such as ``"8/255"``."""
     if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a number or a fraction like '8/255', got {value!r}")
+        raise ConfigError(f"{key}: expected a number or a fraction like '8/255', got {quote(value)}")
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str) and re.fullmatch(r"\s*[0-9.eE+-]+\s*(/\s*[0-9.eE+-]+\s*)?", value):
         try:
             return float(Fraction(value.replace(" ", "")))
         except (ValueError, ZeroDivisionError) as exc:
-            raise ConfigError(f"{key}: cannot parse {value!r} as a budget ({exc})") from None
-    raise ConfigError(f"{key}: expected a number or a fraction like '8/255', got {value!r}")
+            raise ConfigError(f"{key}: cannot parse {quote(value)} as a budget ({exc})") from None
+    raise ConfigError(f"{key}: expected a number or a fraction like '8/255', got {quote(value)}")
 
 
 @dataclass(frozen=True)
@@ -224,9 +226,9 @@ class TrialConfig:
             if not cond:
                 raise ConfigError(f"{key}: {msg}")
 
-        need(self.dataset in DATASETS, "dataset", f"unknown dataset {self.dataset!r} (choose from {', '.join(DATASETS)})")
-        need(self.model is None or self.model in MODELS, "model", f"unknown model {self.model!r} (choose from {', '.join(MODELS)})")
-        need(self.defense in DEFENSES, "defense", f"unknown defense {self.defense!r} (choose from {', '.join(DEFENSES)})")
+        need(self.dataset in DATASETS, "dataset", f"unknown dataset {quote(self.dataset)} (choose from {', '.join(DATASETS)})")
+        need(self.model is None or self.model in MODELS, "model", f"unknown model {quote(self.model)} (choose from {', '.join(MODELS)})")
+        need(self.defense in DEFENSES, "defense", f"unknown defense {quote(self.defense)} (choose from {', '.join(DEFENSES)})")
         if self.eps is not None:
             need(0 < self.eps <= 1 and math.isfinite(self.eps), "eps", f"must be in (0, 1], got {self.eps}")
         need(0 < self.eps_step_frac <= 1, "eps_step_frac", f"must be in (0, 1], got {self.eps_step_frac}")
@@ -249,10 +251,10 @@ class TrialConfig:
         if self.clf_grad_clip is not None:
             need(self.clf_grad_clip >= 0 and not math.isnan(self.clf_grad_clip), "clf_grad_clip",
                  f"must be >= 0 (0: no clipping) or null (the defense's default), got {self.clf_grad_clip}")
-        need(self.augment in AUGMENT_CHOICES, "augment", f"must be auto, true or false, got {self.augment!r}")
+        need(self.augment in AUGMENT_CHOICES, "augment", f"must be auto, true or false, got {quote(self.augment)}")
         need(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
         need(0 <= self.gpu_fraction, "gpu_fraction", f"must be >= 0, got {self.gpu_fraction}")
-        need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "device", f"unknown device {self.device!r}")
+        need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "device", f"unknown device {quote(self.device)}")
         need(self.steps_per_report >= 1, "steps_per_report", f"must be >= 1, got {self.steps_per_report}")
         need(self.val_subset >= 1, "val_subset", f"must be >= 1, got {self.val_subset}")
         need(self.test_subset >= 0, "test_subset", f"must be >= 0, got {self.test_subset}")
@@ -263,13 +265,16 @@ class TrialConfig:
         need(all(0 < e <= 1 and math.isfinite(e) for e in self.eps_curve), "eps_curve", f"every ε must be in (0, 1], got {list(self.eps_curve)}")
         need(len(self.eval_columns) >= 1, "eval_columns", "must name at least one column")
         need(len(set(self.eval_columns)) == len(self.eval_columns), "eval_columns", "has a duplicate column")
+        need(len(self.val_columns) >= 1, "val_columns", "must name at least one column")
+        need(len(set(self.val_columns)) == len(self.val_columns), "val_columns",
+             f"has a duplicate column ({', '.join(sorted({c for c in self.val_columns if self.val_columns.count(c) > 1}))})")
         # Column names are checked against the evaluation registry lazily (it imports torch).
         from trainable.evaluation import known_columns
 
         cols = known_columns()
         for key in ("eval_columns", "val_columns"):
             for c in getattr(self, key):
-                need(c in cols, key, f"unknown attack column {c!r} (choose from {', '.join(cols)})")
+                need(c in cols, key, f"unknown attack column {quote(c)} (choose from {', '.join(cols)})")
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -285,29 +290,31 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {quote(value)}")
         return tuple(_coerce(key, v, args[0]) for v in value)
     if key == "augment":
         if isinstance(value, bool) or value == "auto":
             return value
-        raise ConfigError(f"{key}: expected auto, true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected auto, true or false, got {quote(value)}")
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {quote(value)}")
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {quote(value)}")
         return int(value)
     if hint is float:
         if key in ("eps",):
             return parse_budget(value, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {quote(value)}")
+        if not math.isfinite(value):  # YAML's .inf/.nan: never a meaningful setting here
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {quote(value)}")
         return value
     return value
 

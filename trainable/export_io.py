@@ -30,6 +30,7 @@ from trainable.checkpoint import (CONFIG_FILE, META_FILE, STATE_FILE, Checkpoint
                                   load_module_state, load_state, read_json, safe_torch_load)
 from trainable.config import GENERATOR_DEFENSES, ConfigError, TrialConfig
 from trainable.models import build_classifier
+from trainable.text import quote
 
 EXPORT_FORMAT = 1
 CLASSIFIER_FILE, GENERATOR_FILE, EXPORT_META = "classifier.safetensors", "generator.safetensors", "export.json"
@@ -99,22 +100,55 @@ def save_export(directory: str | os.PathLike, classifier_state: dict[str, torch.
     return d
 
 
+# What an export's config.json must name to rebuild the model (save_export writes every field).
+REQUIRED_CONFIG_KEYS = ("dataset", "model", "defense")
+
+
+def inside(d: Path, name: str) -> Path:
+    """`d/name`, refused when it is a symlink (or under one) that leaves `d`: an export is read
+    and written only inside its own folder (docs/reliability.md, "Exports")."""
+    p = d / name
+    if p.is_symlink() or (p.exists() and p.resolve().parent != d.resolve()):
+        target = p.resolve()
+        if not target.is_relative_to(d.resolve()):
+            raise CheckpointError(f"{p}: a symlink out of the export folder (to {target}); refused")
+    return p
+
+
 def read_export_config(directory: str | os.PathLike) -> TrialConfig:
-    """The resolved TrialConfig of an export (or checkpoint) directory."""
+    """The resolved TrialConfig of an export directory (config.json must name the dataset,
+    model and defense: an empty or partial file would silently rebuild some default model)."""
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"{d}: not an export directory")
-    return _config(read_json(d / CONFIG_FILE), str(d / CONFIG_FILE))
+    path = inside(d, CONFIG_FILE)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    missing = [k for k in REQUIRED_CONFIG_KEYS if data.get(k) in (None, "")]
+    if missing:
+        raise CheckpointError(f"{path}: lacks {', '.join(missing)} (an export's config names the model it holds)")
+    return _config(data, str(path))
 
 
-def _verify(d: Path, name: str) -> None:
-    """A file whose hash differs from export.json's was changed or truncated after export."""
-    meta_path = d / EXPORT_META
+def _verify(d: Path, name: str) -> Path:
+    """The weights file `name` of export `d`, checked against the SHA-256 recorded in
+    export.json; a file without a recorded hash is refused (it could be anything)."""
+    path = inside(d, name)
+    meta_path = inside(d, EXPORT_META)
     if not meta_path.is_file():
-        return  # hand-assembled exports (weights + config.json) are accepted without hashes
-    expected = read_json(meta_path).get("files", {}).get(name)
-    if expected and (d / name).is_file() and _sha256(d / name) != expected:
-        raise CheckpointError(f"{d / name}: SHA-256 differs from {EXPORT_META} (file changed or truncated)")
+        raise CheckpointError(f"{d}: no {EXPORT_META} with the weights' SHA-256, so {name} cannot be checked; "
+                              f"refused (a plain state dict loads with `l2lda-tune eval --checkpoint FILE`)")
+    meta = read_json(meta_path)
+    files = meta.get("files") if isinstance(meta, dict) else None
+    expected = files.get(name) if isinstance(files, dict) else None
+    if not isinstance(expected, str) or not expected:
+        raise CheckpointError(f"{meta_path}: records no SHA-256 for {name}; refused")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    if _sha256(path) != expected:
+        raise CheckpointError(f"{path}: SHA-256 differs from {EXPORT_META} (file changed or truncated)")
+    return path
 
 
 def build_for(cfg: TrialConfig, device: str | torch.device = "cpu") -> nn.Module:
@@ -146,7 +180,7 @@ def load_export_generator(directory: str | os.PathLike, device: str | torch.devi
     d = Path(directory)
     cfg = read_export_config(d)
     if not (d / GENERATOR_FILE).is_file():
-        raise CheckpointError(f"{d}: export has no {GENERATOR_FILE} (defense {cfg.defense!r} trains no generator)")
+        raise CheckpointError(f"{d}: export has no {GENERATOR_FILE} (defense {quote(cfg.defense)} trains no generator)")
     _verify(d, GENERATOR_FILE)
     gen = build_generator_for(cfg, device)
     load_module_state(gen, _load_tensors(d / GENERATOR_FILE, device), f"{d / GENERATOR_FILE}")
