@@ -1,4 +1,4 @@
-"""Pure rendering helpers: robustness matrices, curves and sweep tables as files (DESIGN §6).
+"""Pure rendering helpers: robustness matrices, curves and sweep tables as files (docs/architecture.md, tracking).
 
 Workers only return data; the driver (tracking), ``export`` and ``report`` turn it into
 files with these functions. Nothing here talks to MLflow or Ray. Tables are written with

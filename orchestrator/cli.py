@@ -1,4 +1,4 @@
-"""The `l2lda-tune` command line (click), DESIGN §1 and issue 4 §6.
+"""The `l2lda-tune` command line (click) (docs/architecture.md).
 
     l2lda-tune --space search_spaces/smoke.yaml          # run a study (a file or a shipped name)
     l2lda-tune --space hpo --dry-run                     # resolved study + cost estimate, no Ray

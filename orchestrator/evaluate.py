@@ -1,4 +1,4 @@
-"""``l2lda-tune eval``: the robustness matrix of any checkpoint, export or plain state dict (DESIGN §4).
+"""``l2lda-tune eval``: the robustness matrix of any checkpoint, export or plain state dict (docs/architecture.md, selection).
 
 Sources: one of our Experiment checkpoint directories (Ray's ``checkpoint_…`` dirs hold
 them), an export directory, a plain LeNet-5 / ResNet-20 state dict (``.pt``/``.pth``

@@ -1,4 +1,4 @@
-"""``l2lda-tune export``: the best finished trial of a study as a ready-to-load model (DESIGN §4, §7).
+"""``l2lda-tune export``: the best finished trial of a study as a ready-to-load model (docs/architecture.md).
 
 "Best" reads a validation metric only (``val/…``; the test matrix is never an
 objective): by default the study's first objective, recorded on the sweep's parent

@@ -1,4 +1,4 @@
-"""`l2lda-tune report`: the paper's tables from a finished study in MLflow (issue 5).
+"""`l2lda-tune report`: the paper's tables from a finished study in MLflow.
 
 Reads the study's child runs (role ``trial``, status FINISHED) with ``MlflowClient``:
 params are the flat TrialConfig fields, metrics ``matrix/<col>``, ``transfer/<X>/<attack>``

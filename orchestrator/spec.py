@@ -1,4 +1,4 @@
-"""The YAML study schema (issue 4 §2): validated completely before Ray starts.
+"""The YAML study schema (docs/architecture.md): validated completely before Ray starts.
 
 A study file names a ``base`` trial config (:class:`trainable.config.TrialConfig`
 fields), a ``space`` of parameters to vary, and how to ``search`` it::
@@ -18,7 +18,7 @@ fields), a ``space`` of parameters to vary, and how to ``search`` it::
 
 Every value is checked against ``TrialConfig`` (unknown key or wrong type is an error),
 budgets such as ``"8/255"`` are resolved to floats here, once (STYLE), and selection may
-read only ``val/…`` metrics (DESIGN §4). A bad spec raises :class:`SpecError` whose
+read only ``val/…`` metrics (docs/architecture.md, selection). A bad spec raises :class:`SpecError` whose
 message is one line naming the key path, e.g. ``space.lam.loguniform: low must be > 0``.
 """
 from __future__ import annotations

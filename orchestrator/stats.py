@@ -1,7 +1,7 @@
 """Paired statistics for robustness matrices: two defenses on the same test points.
 
 Every stored matrix keeps its per-example correctness vectors and its test-split indices
-(DESIGN §4), so two defenses evaluated on the same fixed test points are *paired*
+(docs/architecture.md, selection), so two defenses evaluated on the same fixed test points are *paired*
 observations. What this module computes, with no MLflow and no torch:
 
 * :func:`worst_correct` — the per-example worst case: correct on natural input and under

@@ -1,4 +1,4 @@
-"""Reading and checking an MLflow store, without Ray (DESIGN §6).
+"""Reading and checking an MLflow store, without Ray (docs/architecture.md, tracking).
 
 Shared by the tracking callback (which writes) and by ``export``/``eval``/``report``
 (which only read): the default URI, the fail-fast check run before anything starts,

@@ -1,4 +1,4 @@
-"""MLflow tracking of a sweep: a Ray Tune callback on the driver is the only writer (DESIGN §6).
+"""MLflow tracking of a sweep: a Ray Tune callback on the driver is the only writer (docs/architecture.md, tracking).
 
 Experiment = study name; one parent run per sweep (the spec as ``spec.yaml``, versions,
 git commit, storage path, the selection objective); one nested child run per trial

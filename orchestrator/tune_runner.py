@@ -1,4 +1,4 @@
-"""Build and run the Ray Tune sweep of a validated study (DESIGN §2, §4, §7, §8).
+"""Build and run the Ray Tune sweep of a validated study (docs/architecture.md).
 
 spec (:class:`orchestrator.spec.Study`) → ``param_space`` (grid/random through Tune's
 sampling, Optuna through a define-by-run function) → :class:`ray.tune.Tuner` with
@@ -8,7 +8,7 @@ the best trial by the study's first (``val/…``) metric and its checkpoint.
 
 Ray is imported lazily: :func:`describe_study` / ``--dry-run`` never start it.
 Local sweeps start Ray on loopback (``_node_ip_address="127.0.0.2"``: a plain
-``ray.init()`` would talk over the external interface, DESIGN §8); ``--address``
+``ray.init()`` would talk over the external interface, docs/architecture.md, resources); ``--address``
 attaches to a running cluster.
 """
 from __future__ import annotations
@@ -353,7 +353,7 @@ def progress_reporter(study: Study) -> Any:
 
 # -------------------------------------------------------------------------- ray init
 def _node_ip_for(address: str | None) -> str | None:
-    """Loopback clusters (DESIGN §8): the driver must announce the head's loopback address."""
+    """Loopback clusters (docs/architecture.md, resources): the driver must announce the head's loopback address."""
     if os.environ.get("L2LDA_NODE_IP_ADDRESS"):
         return os.environ["L2LDA_NODE_IP_ADDRESS"]
     if not address:
@@ -504,7 +504,7 @@ def init_ray(address: str | None, log: Callable[[str], None] = print) -> bool:
         ray.init(address=address, **kwargs)
     else:
         # A loopback-only local instance: token authentication protects clusters shared over a
-        # network and only gets in the way here (DESIGN §8).
+        # network and only gets in the way here (docs/architecture.md, resources).
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # SIGTERM sent to the whole process group (timeout, docker, systemd, Kubernetes) must
         # reach the driver only, which then stops the trials itself: Ray's processes inherit a
@@ -897,7 +897,7 @@ def describe_study(study: Study, *, name: str | None = None, storage: str | None
     return "\n".join(lines)
 
 
-# Test-split sizes (DESIGN §5) for a test_subset of 0 (the whole split).
+# Test-split sizes (docs/architecture.md, data) for a test_subset of 0 (the whole split).
 _TEST_SIZE = {"mnist5k": 1000, "mnist": 10000, "fashion_mnist": 10000, "cifar10": 10000}
 # One input-gradient step of one LeNet-5 example on one CPU thread (docs/reliability.md: 18 ms
 # per 100 images); a forward pass alone costs about a third of it.
@@ -953,7 +953,7 @@ def estimate_trial_s(cfg: Any, gpu: float) -> tuple[float, float, float]:
         gen_cfg = {**d, "defense": "l2lda", "gen_width": cfg.gen_attack_width or cfg.gen_width}
         per = cfg.gen_attack_steps * estimate_iteration_ms(gen_cfg, gpu) / 1000
         matrix += len(gen_cols) * (per + n_test * cfg.gen_attack_samples * cfg.gen_steps * grad_ms / 1000)
-    if "transfer" in cfg.eval_columns:  # surrogates A plain, B FGSM-AT, C PGD10-AT (DESIGN §3)
+    if "transfer" in cfg.eval_columns:  # surrogates A plain, B FGSM-AT, C PGD10-AT (docs/method.md)
         it = cfg.transfer_iterations or cfg.iterations
         matrix += it * sum(estimate_iteration_ms({**d, "defense": k, "model": "lenet5"}, gpu)
                            for k in ("plain", "fgsm_at", "pgd10_at")) / 1000

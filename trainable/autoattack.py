@@ -1,6 +1,6 @@
 """Parameter-free and gradient-free ℓ∞ attacks: APGD-CE, APGD-T, FAB-T, Square and the AutoAttack cascade.
 
-Own implementations (issue 5) of
+Own implementations of
 
 * APGD — Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
   diverse parameter-free attacks", ICML 2020 (Algorithm 1): step size η⁽⁰⁾ = 2ε, momentum

@@ -1,4 +1,4 @@
-"""Checkpoint files that never unpickle arbitrary objects (DESIGN §7).
+"""Checkpoint files that never unpickle arbitrary objects (docs/architecture.md, checkpoints).
 
 A checkpoint directory holds ``state.pt`` (tensors, numbers and nested dicts only,
 loaded with ``weights_only=True``), ``config.json`` (the TrialConfig) and

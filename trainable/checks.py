@@ -1,4 +1,4 @@
-"""Gradient-masking checks computed with every robustness matrix (DESIGN §4, issue 5).
+"""Gradient-masking checks computed with every robustness matrix (docs/architecture.md, selection).
 
 In the spirit of AutoAttack's ``checks.py`` (Croce & Hein 2020) and of Carlini et al.,
 "On evaluating adversarial robustness" (2019): symptoms that a defense's robustness

@@ -1,11 +1,11 @@
-"""One frozen, validated configuration per trial (DESIGN §2, STYLE "one frozen dataclass").
+"""One frozen, validated configuration per trial (docs/architecture.md).
 
 Every trial — whether it runs under Ray Tune or in a plain Python process — is fully
 described by a :class:`TrialConfig`. ``TrialConfig.from_dict`` rejects unknown keys and
 wrong types with a one-line :class:`ConfigError` that names the key, so a typo in a
 search space fails before any compute is spent. Dataset-dependent defaults (ε, λ, the
 classifier) are resolved once, in :meth:`TrialConfig.resolved`, from ``DATASET_DEFAULTS``
-(DESIGN §3 settings table).
+(docs/method.md settings table).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ DEFENSES = ("plain", "fgsm_at", "pgd10_at", "pgd100_at", "cw100_at", "l2l_star",
 GENERATOR_DEFENSES = ("l2l_star", "l2lda")
 AUGMENT_CHOICES = ("auto", True, False)
 
-# DESIGN §3: settings from the paper and the authors' code; Fashion-MNIST takes ε = 0.1.
+# docs/method.md: settings from the paper and the authors' code; Fashion-MNIST takes ε = 0.1.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist5k": {"eps": 0.3, "lam": 0.02, "model": "lenet5"},
     "mnist": {"eps": 0.3, "lam": 0.02, "model": "lenet5"},
@@ -87,7 +87,7 @@ class TrialConfig:
     defense: str = "l2lda"
     eps: float | None = None  # None → dataset default (0.3 / 0.1 / 8/255)
     eps_step_frac: float = 0.25  # ε_step = eps_step_frac · ε (paper: ε/4)
-    # --- L2L-DA generator (DESIGN §3) ---
+    # --- L2L-DA generator (docs/method.md) ---
     T: int = 10
     lam: float | None = None  # None → dataset default (0.02 MNIST, 0.5 CIFAR-10)
     recursive: bool = True
@@ -214,7 +214,7 @@ class TrialConfig:
 
     @property
     def gen_steps(self) -> int:
-        """Recursion length: one-shot generation when `recursive` is off (DESIGN §3)."""
+        """Recursion length: one-shot generation when `recursive` is off (docs/method.md)."""
         return self.T if self.recursive else 1
 
     @property

@@ -1,4 +1,4 @@
-"""Datasets as device-resident tensors with fixed train/validation/test splits (DESIGN §4, §5).
+"""Datasets as device-resident tensors with fixed train/validation/test splits (docs/architecture.md).
 
 Split indices depend only on a constant split seed, never on the trial's seed, so every
 trial of a sweep validates and tests on the same points. Whole datasets fit in memory:
@@ -18,7 +18,7 @@ SPLIT_SEED = 20190101  # constant: split indices never depend on a trial's seed
 
 # Validation points carved from each training set (mnist5k: 3500/500/1000 stratified).
 VAL_SIZE = {"mnist5k": 500, "mnist": 5000, "fashion_mnist": 5000, "cifar10": 5000}
-AUGMENT = {  # DESIGN §3: (pad, horizontal flip)
+AUGMENT = {  # docs/method.md: (pad, horizontal flip)
     "mnist5k": (4, False),
     "mnist": (4, False),
     "fashion_mnist": (4, False),

@@ -1,4 +1,4 @@
-"""The robustness matrix (DESIGN §4): one accuracy per attack column on fixed test points.
+"""The robustness matrix (docs/architecture.md, selection): one accuracy per attack column on fixed test points.
 
 Every column is *prepared* once per matrix (generator columns train their attacker
 against the frozen classifier there) and then run batch by batch on the points that

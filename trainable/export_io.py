@@ -1,4 +1,4 @@
-"""Exported models: weights as safetensors plus JSON, loaded back into ready modules (DESIGN §7).
+"""Exported models: weights as safetensors plus JSON, loaded back into ready modules (docs/architecture.md, checkpoints).
 
 An export directory holds ``classifier.safetensors`` (and ``generator.safetensors`` for
 L2L-DA / L2L* trials), ``config.json`` (the trial's TrialConfig) and ``export.json``

@@ -1,4 +1,4 @@
-"""The L2L-DA generator and its recursive stochastic attack (DESIGN §3; paper Eq. 5, Fig. 3).
+"""The L2L-DA generator and its recursive stochastic attack (docs/method.md; paper Eq. 5, Fig. 3).
 
 Images are in [0, 1] pixel space (normalisation lives inside the classifier), budgets
 are ℓ∞ in the same space. The generator g_φ(x, y, z, δ, ĝ) is a small U-Net with
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from trainable.attacks import preserve_mode
 
-GRAD_STABILISER = 1e-15  # DESIGN §3: ‖g + 1e-15‖₂, so a saturated CE (zero gradient) gives 0, not NaN
+GRAD_STABILISER = 1e-15  # docs/method.md: ‖g + 1e-15‖₂, so a saturated CE (zero gradient) gives 0, not NaN
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -42,7 +42,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 class CondBatchNorm2d(nn.Module):
-    """Class-conditional batch norm: γ = γ_shared + γ[y], β = β_shared + β[y] (DESIGN §3).
+    """Class-conditional batch norm: γ = γ_shared + γ[y], β = β_shared + β[y] (docs/method.md).
 
     γ_shared ~ N(1, 0.02), γ[y] ~ N(0, 0.02), every β = 0 at init.
     """
@@ -77,7 +77,7 @@ class PlainBatchNorm2d(nn.Module):
 
 
 class UNet(nn.Module):
-    """The U-Net body of DESIGN §3, for any C×H×W with H, W divisible by 4 (28×28 → 14 → 7, 32×32 → 16 → 8).
+    """The U-Net body of docs/method.md, for any C×H×W with H, W divisible by 4 (28×28 → 14 → 7, 32×32 → 16 → 8).
 
     down0 conv3×3 s1 → w, LReLU 0.2 | down1 conv4×4 s2 → w, BN, LReLU | down2 conv4×4 s2 → 2w, LReLU
     up2 convT4×4 s2 → w, BN, ReLU, ⊕down1 | up1 convT4×4 s2 → w, BN, ReLU, ⊕down0 | out conv3×3 → C, tanh.
@@ -122,7 +122,7 @@ class UNet(nn.Module):
 
 
 class Generator(UNet):
-    """L2L-DA generator g_φ(x, y, z, δ, ĝ) → direction in [−1, 1]^{C×H×W} (DESIGN §3).
+    """L2L-DA generator g_φ(x, y, z, δ, ĝ) → direction in [−1, 1]^{C×H×W} (docs/method.md).
 
     Inputs: x in [0, 1] (N, C, H, W); ĝ the (normalised) input gradient; δ the current
     perturbation (only when ``use_delta``); z ~ N(0, I) of dim ``z_dim``; y labels (only
@@ -186,7 +186,7 @@ def build_generator(cfg, shape: Sequence[int], num_classes: int, *, width: int |
 
 
 def normalize_grad(g: Tensor) -> Tensor:
-    """Per-sample, per-channel ℓ2 normalisation over the spatial dims: g / ‖g + 1e-15‖₂ (DESIGN §3)."""
+    """Per-sample, per-channel ℓ2 normalisation over the spatial dims: g / ‖g + 1e-15‖₂ (docs/method.md)."""
     return g / (g + GRAD_STABILISER).flatten(2).norm(dim=2)[:, :, None, None]
 
 

@@ -1,4 +1,4 @@
-"""Classifiers of DESIGN §3: LeNet-5 (MNIST) and ResNet-20 (CIFAR-10).
+"""Classifiers of docs/method.md: LeNet-5 (MNIST) and ResNet-20 (CIFAR-10).
 
 Normalisation is a buffer inside each classifier, so attacks and generators always
 work in [0, 1] pixel space and budgets never need rescaling (RobustBench convention).

@@ -47,7 +47,7 @@ def cpu_share() -> int:
 
 
 def set_threads(n: int) -> int:
-    """Set torch's intra-op threads to this process's CPU share (oversubscription is slower, DESIGN §8)."""
+    """Set torch's intra-op threads to this process's CPU share (oversubscription is slower, docs/architecture.md, resources)."""
     n = max(1, int(n) or cpu_share())
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
@@ -62,7 +62,7 @@ def resolve_device(cfg: TrialConfig) -> torch.device:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device: {cfg.device!r} requested but CUDA is not available on this node")
     if dev.type == "cuda" and 0 < cfg.gpu_fraction < 1:
-        # A fractional trial keeps to its share of the card (DESIGN §8).
+        # A fractional trial keeps to its share of the card (docs/architecture.md, resources).
         torch.cuda.set_per_process_memory_fraction(cfg.gpu_fraction, dev.index or 0)
     return dev
 

@@ -1,4 +1,4 @@
-"""The one thin Ray Tune adapter (DESIGN §2, STYLE "the Ray adapter is thin").
+"""The one thin Ray Tune adapter (docs/architecture.md).
 
 :class:`L2LDATrainable` is a class-API ``ray.tune.Trainable`` whose methods call the
 plain :class:`trainable.runner.Experiment`: ``setup`` builds it from the trial's flat
@@ -11,7 +11,7 @@ the correctness vectors as data under ``'matrix'`` — and ``done: True``), and
 None, so a restored trial continues bit for bit on the CPU.
 
 Workers only train and write checkpoints; the driver renders every artifact from the
-returned data (DESIGN §6). Ray's reporting API has changed several times: this is the
+returned data (docs/architecture.md, tracking). Ray's reporting API has changed several times: this is the
 only module in ``trainable/`` that imports Ray.
 """
 from __future__ import annotations
@@ -62,14 +62,14 @@ class L2LDATrainable(tune.Trainable):
 
     The config is the flat trial dict (YAML base ∪ sampled space), validated by
     :meth:`TrialConfig.from_dict`; inputs are images in [0, 1] and budgets are ℓ∞ in
-    pixel space (paper §4, DESIGN §3).
+    pixel space (paper §4, docs/method.md).
     """
 
     def setup(self, config: dict[str, Any]) -> None:
         cfg = TrialConfig.from_dict(config)
         cpu, gpu = trial_resources_share(getattr(self, "trial_resources", None))
         changes: dict[str, Any] = {}
-        # Oversubscribed trials run slower than single-threaded ones (DESIGN §8): use
+        # Oversubscribed trials run slower than single-threaded ones (docs/architecture.md, resources): use
         # exactly the CPU share the scheduler gave this trial unless the config says otherwise.
         if cfg.threads == 0:
             changes["threads"] = max(1, int(math.floor(cpu))) if cpu >= 1 else 1
