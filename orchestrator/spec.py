@@ -17,7 +17,7 @@ fields), a ``space`` of parameters to vary, and how to ``search`` it::
     evaluation: {columns: [natural, pgd100, cw100], test_subset: 1000}
 
 Every value is checked against ``TrialConfig`` (unknown key or wrong type is an error),
-budgets such as ``"8/255"`` are resolved to floats here, once (STYLE), and selection may
+budgets such as ``"8/255"`` are resolved to floats here, once, and selection may
 read only ``val/…`` metrics (docs/architecture.md, selection). A bad spec raises :class:`SpecError` whose
 message is one line naming the key path, e.g. ``space.lam.loguniform: low must be > 0``.
 """

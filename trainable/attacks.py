@@ -1,6 +1,6 @@
 """Gradient attacks in ℓ∞, x in [0, 1] (Goodfellow et al. 2015; Madry et al. 2018; Carlini & Wagner 2017).
 
-Conventions (STYLE.md): budgets are keyword-only; attacks return x_adv, never δ;
+Conventions: budgets are keyword-only; attacks return x_adv, never δ;
 gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so no
 parameter collects a stray ``.grad``; the model runs in eval mode and its mode is
 restored in ``finally``. ``ATTACKS`` names every gradient attack the robustness
