@@ -28,7 +28,7 @@ from trainable.config import TrialConfig
 from trainable.data import load_dataset
 from trainable.evaluation import EvalContext, robustness_matrix
 from trainable.models import build_classifier
-from trainable.runner import Experiment
+from trainable.experiment.loop import Experiment
 
 EPS = 0.3
 COLUMNS = ("natural", "pgd10", "pgd100")

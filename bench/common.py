@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from trainable.config import TrialConfig
-from trainable.runner import Experiment
+from trainable.experiment.loop import Experiment
 
 CACHE = Path(os.environ.get("L2LDA_BENCH_CACHE", ".cache/l2lda-tune/bench"))
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from trainable.config import TrialConfig  # noqa: E402
-from trainable.runner import Experiment  # noqa: E402
+from trainable.experiment.loop import Experiment  # noqa: E402
 
 COLUMNS = ("natural", "pgd100", "apgd_t", "fab_t", "square", "autoattack")
 

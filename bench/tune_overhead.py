@@ -40,7 +40,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 import torch  # noqa: E402
 
 from trainable.config import TrialConfig  # noqa: E402
-from trainable.runner import Experiment  # noqa: E402
+from trainable.experiment.loop import Experiment  # noqa: E402
 
 
 def plain(cfg: dict) -> dict[str, list[float] | float]:

@@ -30,7 +30,7 @@ PROG = "l2lda-tune"
 def _user_errors() -> tuple[type[BaseException], ...]:
     from orchestrator.spec import SpecError
     from orchestrator.tune_runner import PlacementError, ResumeError
-    from trainable.checkpoint import CheckpointError
+    from trainable.weights.checkpoint import CheckpointError
     from trainable.config import ConfigError
     from trainable.data import DatasetMissingError
 
@@ -82,7 +82,7 @@ def _datasets(study: Any) -> set[tuple[str, str, bool]]:
 
 def check_datasets(study: Any) -> None:
     """A missing dataset is an error before Ray starts (trials would all fail the same way)."""
-    from trainable.data import _torchvision_dataset
+    from trainable.data.loading import _torchvision_dataset
 
     for name, root, download in sorted(_datasets(study)):
         if name == "mnist5k" or download:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import click
 
-from trainable.checkpoint import CheckpointError
+from trainable.weights.checkpoint import CheckpointError
 from trainable.text import quote
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -56,7 +56,7 @@ def _resolve_run(ref: str, tracking_uri: str | None) -> str:
 def load_source(checkpoint: str | None, export: str | None, *, dataset: str = "mnist5k", model: str | None = None,
                 tracking_uri: str | None = None, device: str = "cpu"):
     """(TrialConfig, classifier, generator or None, description) of whatever was passed."""
-    from trainable import export_io as eio
+    from trainable.weights import export_dir as eio
 
     if (checkpoint is None) == (export is None):
         raise EvalError("pass exactly one of --checkpoint PATH or --export DIR")

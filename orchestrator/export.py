@@ -22,7 +22,7 @@ import click
 
 from orchestrator.store import (ROLE_SWEEP, ROLE_TRIAL, TrackingUnavailable, check_tracking_uri, make_client,
                                 resolve_tracking_uri, search_all, sqlite_path)
-from trainable.checkpoint import CheckpointError
+from trainable.weights.checkpoint import CheckpointError
 from trainable.text import quote
 
 
@@ -106,7 +106,7 @@ def model_card(cfg: Any, run: Any, metric: str, mode: str, matrix: dict | None, 
              f"Exported by l2lda-tune from MLflow experiment `{experiment}`, run `{run.info.run_id}` "
              f"(trial `{run.data.tags.get('trial_name', '')}`), selected by the best {mode} of `{metric}` = "
              f"{run.data.metrics.get(metric, float('nan')):.4f} on the validation split.", "",
-             "## Use", "", "```python", "from trainable.export_io import load_export",
+             "## Use", "", "```python", "from trainable.weights.export_dir import load_export",
              "model = load_export('THIS_DIR')   # eval mode; x in [0, 1], NCHW; normalisation inside", "```", "",
              "## Configuration", "", "| key | value |", "|---|---|"]
     lines += [f"| {k} | {getattr(cfg, k)} |" for k in key]
@@ -196,7 +196,7 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     Everything is checked before anything is written; the export is assembled in a fresh
     staging folder beside `out` and moved in whole, so a failure leaves no half-written export.
     Returns a summary dict (run_id, metric, value, out, files, registered version)."""
-    from trainable.export_io import load_checkpoint_modules, save_export
+    from trainable.weights.export_dir import load_checkpoint_modules, save_export
 
     if register is not None and not register.strip():
         raise ExportError("--register: empty model name")
@@ -242,7 +242,7 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
                                "checkpoint": ckpt,
                                "files": sorted(p.name for p in out_dir.iterdir() if p.is_file())}
     if register:
-        from trainable.export_io import DATASET_SHAPES
+        from trainable.weights.export_dir import DATASET_SHAPES
 
         summary["registered"] = register_model(uri, run.info.run_id, clf, register, (1, *DATASET_SHAPES[cfg.dataset]))
     if log:

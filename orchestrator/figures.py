@@ -72,8 +72,8 @@ def figure2_command(checkpoint: str, out: str, *, n_images: int = 200, draws: in
     The trial's own generator is used for its method (L2L-DA or L2L*); the missing ones are
     trained against the frozen classifier for the checkpoint's ``gen_attack_steps``.
     """
-    from trainable.figure2 import compute_figure2
-    from trainable.runner import Experiment
+    from trainable.evaluation.loss_curves import compute_figure2
+    from trainable.experiment.loop import Experiment
 
     exp = Experiment.from_checkpoint(checkpoint, log=log)
     data = compute_figure2(exp.classifier, exp.cfg, exp.data, generator=exp.defense.generator,

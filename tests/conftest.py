@@ -31,7 +31,7 @@ def trained(cache_dir):
     Default: LeNet-5 on mnist5k, batch 100, 100 clean warm-up iterations then `iterations`
     iterations of the defense, small fixed test subset.
     """
-    from trainable.runner import Experiment
+    from trainable.experiment.loop import Experiment
 
     cache: dict = {}
 

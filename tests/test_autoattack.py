@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from trainable.attacks import pgd
-from trainable.autoattack import (apgd, apgd_targeted, autoattack, checkpoints, fab_targeted,
+from trainable.attacks.autoattack import (apgd, apgd_targeted, autoattack, checkpoints, fab_targeted,
                                   linf_hyperplane_box_projection, square, square_p)
 from trainable.evaluation import EvalContext, robustness_matrix
 

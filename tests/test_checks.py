@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from trainable.checks import FLAGS, column_flags, eps_curve
+from trainable.evaluation.checks import FLAGS, column_flags, eps_curve
 from trainable.evaluation import EvalContext, robustness_matrix
 
 

@@ -22,7 +22,7 @@ def test_mnist5k_stratified_split_is_fixed(mnist5k):
 
 
 def test_split_indices_do_not_depend_on_trial_seed(cache_dir):
-    from trainable.runner import Experiment
+    from trainable.experiment.loop import Experiment
 
     a = Experiment(TrialConfig(defense="plain", seed=1, warmup=0, iterations=1, cache_dir=cache_dir))
     b = Experiment(TrialConfig(defense="plain", seed=7, warmup=0, iterations=1, cache_dir=cache_dir))

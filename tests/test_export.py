@@ -13,8 +13,8 @@ import torch
 from orchestrator.evaluate import EvalError, eval_command
 from orchestrator.export import ExportError, export_command
 from orchestrator.tracking import TrackingUnavailable, make_client
-from trainable.checkpoint import CheckpointError
-from trainable.export_io import (CLASSIFIER_FILE, GENERATOR_FILE, load_checkpoint_modules, load_export,
+from trainable.weights.checkpoint import CheckpointError
+from trainable.weights.export_dir import (CLASSIFIER_FILE, GENERATOR_FILE, load_checkpoint_modules, load_export,
                                  load_export_generator, load_state_dict_file)
 
 from test_tracking import make_sweep, runs_of, store, tiny_run  # noqa: F401  (shared session fixtures)
@@ -184,7 +184,7 @@ def test_eval_plain_state_dict_files(tiny_run, tmp_path):
 
 def test_generator_export_round_trip(store, cache_dir, tmp_path):
     from trainable.config import TrialConfig
-    from trainable.runner import Experiment
+    from trainable.experiment.loop import Experiment
 
     cfg = TrialConfig.from_dict(dict(dataset="mnist5k", defense="l2lda", warmup=0, iterations=0, gen_width=8, T=2,
                                      test_subset=50, cache_dir=cache_dir, threads=1))

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from trainable.config import TrialConfig
 from trainable.evaluation import EvalContext
-from trainable.generator import Generator, L2LStarGenerator
-from trainable.l2lda import L2LDADefense, L2LStarDefense
+from trainable.generators.nets import Generator, L2LStarGenerator
+from trainable.defenses.l2lda import L2LDADefense, L2LStarDefense
 
 TINY = dict(dataset="mnist5k", gen_width=8, T=3, batch_size=32, warmup=20, iterations=20, gen_attack_steps=20,
             test_subset=64, gen_attack_samples=2, val_subset=64, steps_per_report=20)
@@ -101,7 +101,7 @@ def _ctx(exp, cfg, generator=None):
 
 @pytest.mark.parametrize("column", ["l2lda", "advgan", "gap"])
 def test_generator_attacks_keep_ball_range_and_are_seeded(lenet, column):
-    from trainable import genattacks
+    from trainable.attacks import generative as genattacks
 
     cfg = _cfg(defense="pgd10_at", gen_attack_steps=3)
     clf = _frozen_copy(lenet).train()
@@ -126,7 +126,7 @@ def test_generator_attacks_keep_ball_range_and_are_seeded(lenet, column):
 
 
 def test_l2lda_column_fine_tunes_the_trial_generator(lenet):
-    from trainable.genattacks import prepare_l2lda
+    from trainable.attacks.generative import prepare_l2lda
 
     cfg = _cfg(defense="l2lda", gen_attack_steps=2)
     own = Generator((1, 28, 28), 10, width=8)
@@ -139,7 +139,7 @@ def test_l2lda_column_fine_tunes_the_trial_generator(lenet):
 
 
 def test_fine_tuned_l2lda_attack_beats_untrained_generator(lenet):
-    from trainable.genattacks import prepare_l2lda
+    from trainable.attacks.generative import prepare_l2lda
 
     clf = _frozen_copy(lenet)
     x, y = lenet.data.test_x[:200], lenet.data.test_y[:200]
@@ -155,7 +155,7 @@ def test_fine_tuned_l2lda_attack_beats_untrained_generator(lenet):
 
 
 def test_joint_training_end_to_end_with_full_matrix(cache_dir, tmp_path):
-    from trainable.runner import Experiment, run
+    from trainable.experiment.loop import Experiment, run
 
     cfg = TrialConfig.from_dict({**TINY, "defense": "l2lda", "cache_dir": cache_dir, "val_columns": ["natural"],
                                  "eval_columns": ["natural", "fgsm", "l2lda", "advgan", "gap"]})
@@ -182,7 +182,7 @@ def test_joint_training_end_to_end_with_full_matrix(cache_dir, tmp_path):
 
 def test_figure2_data_and_files(lenet, tmp_path):
     from orchestrator.figures import save_figure2
-    from trainable.figure2 import compute_figure2
+    from trainable.evaluation.loss_curves import compute_figure2
 
     cfg = _cfg(defense="pgd10_at", gen_attack_steps=2)
     data = compute_figure2(_frozen_copy(lenet), cfg, lenet.data, n_images=12, steps=3, draws=3, seed=0)
@@ -201,7 +201,7 @@ def test_figure2_data_and_files(lenet, tmp_path):
 def test_cifar_sized_defense_and_columns_with_resnet():
     """3×32×32 inputs end to end on random data: ResNet-20's BN statistics stay untouched by the
     generator's step (classifier in eval mode), and every column keeps the 8/255 ball."""
-    from trainable import genattacks
+    from trainable.attacks import generative as genattacks
     from trainable.data import DataSplits
     from trainable.models import build_classifier
 

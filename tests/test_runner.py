@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainable.checkpoint import CheckpointError
+from trainable.weights.checkpoint import CheckpointError
 from trainable.config import TrialConfig
-from trainable.runner import DivergenceError, Experiment, run
+from trainable.experiment.loop import DivergenceError, Experiment, run
 
 
 def test_pgd_at_raises_pgd10_accuracy_well_above_plain(trained):

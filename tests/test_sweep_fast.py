@@ -54,7 +54,7 @@ def test_sweep_records_one_parent_and_a_child_per_trial(sweep):
 def test_export_of_the_best_trial_loads_back(sweep):
     from orchestrator.export import export_command
     from trainable.data import load_dataset
-    from trainable.export_io import load_export
+    from trainable.weights.export_dir import load_export
 
     tmp, db, uri, results = sweep
     out = tmp / "best"

@@ -73,7 +73,7 @@ def tiny_run(tmp_path_factory, cache_dir):
 
 
 def _tiny_run(tmp_path_factory, cache_dir):
-    from trainable.runner import Experiment, set_threads
+    from trainable.experiment.loop import Experiment, set_threads
     from trainable.config import TrialConfig
 
     set_threads(1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from trainable.config import TrialConfig
-from trainable.runner import Experiment
-from trainable.transfer import SURROGATES, prepare_transfer, surrogate_config, surrogate_dir
+from trainable.experiment.loop import Experiment
+from trainable.attacks.transfer import SURROGATES, prepare_transfer, surrogate_config, surrogate_dir
 
 
 def _cfg(cache_dir: str, **kw) -> TrialConfig:

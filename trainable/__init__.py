@@ -3,4 +3,8 @@
 Only :mod:`trainable.trainable` imports Ray; nothing here imports the orchestrator,
 MLflow or Optuna, so every part runs and is tested in a plain Python process.
 """
+from trainable import _moved
+
 __version__ = "0.1.0"
+
+_moved.install()

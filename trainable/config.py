@@ -269,7 +269,7 @@ class TrialConfig:
         need(len(set(self.val_columns)) == len(self.val_columns), "val_columns",
              f"has a duplicate column ({', '.join(sorted({c for c in self.val_columns if self.val_columns.count(c) > 1}))})")
         # Column names are checked against the evaluation registry lazily (it imports torch).
-        from trainable.evaluation import known_columns
+        from trainable.evaluation.matrix import known_columns
 
         cols = known_columns()
         for key in ("eval_columns", "val_columns"):

@@ -26,7 +26,7 @@ import ray
 from ray import tune
 
 from trainable.config import TrialConfig
-from trainable.runner import Experiment
+from trainable.experiment.loop import Experiment
 
 logger = logging.getLogger("l2lda_tune.trial")
 

@@ -63,7 +63,7 @@ def test_diverged_trial_errors_with_reason_others_finish(two_sweeps):
 
 def test_sweep_with_a_diverged_trial_still_exports_its_best(two_sweeps):
     from orchestrator.export import export_command
-    from trainable.export_io import load_export
+    from trainable.weights.export_dir import load_export
 
     out = two_sweeps["tmp"] / "best"
     summary = export_command("rel-diverge", out, tracking_uri=f"sqlite:///{two_sweeps['db']}", log=None)

@@ -15,15 +15,15 @@ import torch
 from test_cli import invoke
 from test_export import _fake_trial_run
 from test_round_two import tree
-from trainable.checkpoint import CheckpointError
-from trainable.export_io import CLASSIFIER_FILE, load_export
+from trainable.weights.checkpoint import CheckpointError
+from trainable.weights.export_dir import CLASSIFIER_FILE, load_export
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A real (tiny) checkpoint recorded as the FINISHED trial of experiment `safe` in a fresh store."""
     from trainable.config import TrialConfig
-    from trainable.runner import Experiment
+    from trainable.experiment.loop import Experiment
 
     tmp = tmp_path_factory.mktemp("safe")
     cfg = TrialConfig.from_dict(dict(dataset="mnist5k", defense="plain", iterations=2, warmup=0, batch_size=8,
@@ -158,7 +158,7 @@ def test_empty_or_partial_config_refused(good_export, content, expected, capsys)
 def test_integer_weights_refused_not_cast(good_export):
     from safetensors.torch import load_file, save_file
 
-    from trainable import export_io
+    from trainable.weights import export_dir as export_io
 
     state = load_file(str(good_export / CLASSIFIER_FILE))
     key = next(k for k, v in state.items() if v.is_floating_point())

@@ -17,8 +17,8 @@ from orchestrator import cli as cli_mod
 from test_cli import invoke  # one CLI call in-process: (exit code, stdout, stderr)
 from test_export import Payload, _fake_trial_run, _hostile_checkpoint
 from test_tracking import store, tiny_run  # noqa: F401  (shared session fixtures)
-from trainable.checkpoint import CheckpointError
-from trainable.runner import Experiment
+from trainable.weights.checkpoint import CheckpointError
+from trainable.experiment.loop import Experiment
 
 
 def one_line_exit_2(argv: list[str], capsys, expected: str) -> str:

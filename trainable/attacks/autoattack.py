@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainable.attacks import margin_loss, preserve_mode
+from trainable.attacks.gradient import margin_loss, preserve_mode
 
 # AutoAttack "standard" settings (Croce & Hein 2020, §5).
 APGD_STEPS = 100

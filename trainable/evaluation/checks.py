@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from trainable.attacks import pgd, preserve_mode
+from trainable.attacks.gradient import pgd, preserve_mode
 
 MORE_STEPS_THRESHOLD = 0.01  # pgd100 − pgd10
 PFREE_GAP_THRESHOLD = 0.05  # pgd100 − min(apgd_ce, apgd_t, fab_t, autoattack)

@@ -23,12 +23,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainable import __version__
-from trainable.checkpoint import CheckpointError, load_module_state, load_state, save_state
+from trainable.weights.checkpoint import CheckpointError, load_module_state, load_state, save_state
 from trainable.config import TrialConfig
-from trainable.data import BatchSampler, augment, fixed_subset, load_dataset
-from trainable.defenses import build_defense
-from trainable.evaluation import EvalContext, MatrixResult, robustness_matrix
-from trainable.models import build_classifier
+from trainable.data.loading import BatchSampler, augment, fixed_subset, load_dataset
+from trainable.defenses.baselines import build_defense
+from trainable.evaluation.matrix import EvalContext, MatrixResult, robustness_matrix
+from trainable.models.classifiers import build_classifier
 
 
 class DivergenceError(FloatingPointError):

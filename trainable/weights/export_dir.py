@@ -6,7 +6,7 @@ L2L-DA / L2L* trials), ``config.json`` (the trial's TrialConfig) and ``export.js
 loading an export never unpickles anything. This module does not import MLflow: a
 researcher who received an export needs only the package and torch::
 
-    from trainable.export_io import load_export
+    from trainable.weights.export_dir import load_export
     model = load_export("best/")          # nn.Module in eval mode, input x in [0, 1] NCHW
     logits = model(x)
 
@@ -26,10 +26,10 @@ import torch
 import torch.nn as nn
 
 from trainable import __version__
-from trainable.checkpoint import (CONFIG_FILE, META_FILE, STATE_FILE, CheckpointError, atomic_write_text,
+from trainable.weights.checkpoint import (CONFIG_FILE, META_FILE, STATE_FILE, CheckpointError, atomic_write_text,
                                   load_module_state, load_state, read_json, safe_torch_load)
 from trainable.config import GENERATOR_DEFENSES, ConfigError, TrialConfig
-from trainable.models import build_classifier
+from trainable.models.classifiers import build_classifier
 from trainable.text import quote
 
 EXPORT_FORMAT = 1
@@ -157,7 +157,7 @@ def build_for(cfg: TrialConfig, device: str | torch.device = "cpu") -> nn.Module
 
 
 def build_generator_for(cfg: TrialConfig, device: str | torch.device = "cpu") -> nn.Module:
-    from trainable.generator import build_generator
+    from trainable.generators.nets import build_generator
 
     return build_generator(cfg, DATASET_SHAPES[cfg.dataset], NUM_CLASSES).to(device)
 

@@ -22,20 +22,20 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from trainable.attacks import ATTACKS, preserve_mode
+from trainable.attacks.gradient import ATTACKS, preserve_mode
 
 # Columns whose preparation lives in a later module: name → (module, factory).
 # A factory has the signature  prepare(model, ctx) -> list[(metric_name, attack_fn, budget)].
 _LAZY_COLUMNS: dict[str, tuple[str, str]] = {
-    "l2lda": ("trainable.genattacks", "prepare_l2lda"),
-    "advgan": ("trainable.genattacks", "prepare_advgan"),
-    "gap": ("trainable.genattacks", "prepare_gap"),
-    "apgd_ce": ("trainable.autoattack", "prepare_apgd_ce"),
-    "apgd_t": ("trainable.autoattack", "prepare_apgd_t"),
-    "fab_t": ("trainable.autoattack", "prepare_fab_t"),
-    "square": ("trainable.autoattack", "prepare_square"),
-    "autoattack": ("trainable.autoattack", "prepare_autoattack"),
-    "transfer": ("trainable.transfer", "prepare_transfer"),
+    "l2lda": ("trainable.attacks.generative", "prepare_l2lda"),
+    "advgan": ("trainable.attacks.generative", "prepare_advgan"),
+    "gap": ("trainable.attacks.generative", "prepare_gap"),
+    "apgd_ce": ("trainable.attacks.autoattack", "prepare_apgd_ce"),
+    "apgd_t": ("trainable.attacks.autoattack", "prepare_apgd_t"),
+    "fab_t": ("trainable.attacks.autoattack", "prepare_fab_t"),
+    "square": ("trainable.attacks.autoattack", "prepare_square"),
+    "autoattack": ("trainable.attacks.autoattack", "prepare_autoattack"),
+    "transfer": ("trainable.attacks.transfer", "prepare_transfer"),
 }
 COLUMN_KINDS = {
     **{k: "gradient" for k in ATTACKS},
@@ -144,7 +144,7 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
                       batch_size: int = 500, masking: bool = True) -> MatrixResult:
     """Accuracy of `model` under each column on (x, y); x in [0, 1]. Sanity checks are code:
     every x_adv is checked to lie in the ε-ball and [0, 1] and to be free of NaN, and the
-    gradient-masking flags of :mod:`trainable.checks` are computed (``masking=False`` skips
+    gradient-masking flags of :mod:`trainable.evaluation.checks` are computed (``masking=False`` skips
     them and the ε-curve: cheap validation matrices)."""
     t0 = time.perf_counter()
     n = len(y)
@@ -197,7 +197,7 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
     }
     result = MatrixResult(metrics, correct, indices if indices is not None else np.arange(n), profile, checks, timings)
     if masking:
-        from trainable.checks import EPS_CURVE_STEPS, eps_curve, masking_flags
+        from trainable.evaluation.checks import EPS_CURVE_STEPS, eps_curve, masking_flags
 
         t1 = time.perf_counter()
         masking_flags(model, x, y, result, ctx)

@@ -5,7 +5,7 @@ own classifier family (LeNet-5 on MNIST-like data, ResNet-20 on CIFAR-10) whatev
 trial's classifier is. Each is trained by the tool itself with
 :class:`trainable.runner.Experiment` and cached under ``cfg.cache_dir/transfer`` keyed by
 dataset, seed and the surrogate's training config, so a sweep trains each surrogate once
-per seed. Weights are written with :mod:`trainable.checkpoint` and read back with
+per seed. Weights are written with :mod:`trainable.weights.checkpoint` and read back with
 ``weights_only=True``.
 
 Surrogate training length: ``cfg.transfer_iterations`` adversarial iterations when set,
@@ -34,10 +34,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from trainable.attacks import pgd, preserve_mode
-from trainable.checkpoint import CheckpointError, load_module_state, load_state, save_state
+from trainable.attacks.gradient import pgd, preserve_mode
+from trainable.weights.checkpoint import CheckpointError, load_module_state, load_state, save_state
 from trainable.config import DATASET_DEFAULTS, TrialConfig
-from trainable.models import build_classifier
+from trainable.models.classifiers import build_classifier
 
 SURROGATES = {"A": "plain", "B": "fgsm_at", "C": "pgd10_at"}
 TRANSFER_ATTACKS = ("pgd10", "pgd100", "l2lda")
@@ -93,7 +93,7 @@ def _load_surrogate(directory: Path, scfg: TrialConfig, in_channels: int, device
 def train_surrogate(cfg: TrialConfig, defense: str, *, device: torch.device | None = None,
                     log: Callable[[str], None] = lambda m: None, use_cache: bool = True) -> nn.Module:
     """Train (or load from the cache) the surrogate `defense` for trial `cfg`; returns it in eval mode."""
-    from trainable.runner import Experiment  # the runner imports evaluation, which loads us lazily
+    from trainable.experiment.loop import Experiment  # the runner imports evaluation, which loads us lazily
 
     scfg = surrogate_config(cfg, defense)
     d = surrogate_dir(scfg)
@@ -148,7 +148,7 @@ def _wrap_generator_attack(surrogate: nn.Module, fn: AttackFn) -> AttackFn:
 
 def prepare_transfer(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, dict]]:
     """Matrix column `transfer`: sub-columns transfer/<A|B|C>/<pgd10|pgd100|l2lda>."""
-    from trainable.evaluation import EvalContext
+    from trainable.evaluation.matrix import EvalContext
 
     cfg: TrialConfig = ctx.cfg
     out: list[tuple[str, AttackFn, dict]] = []
@@ -166,7 +166,7 @@ def prepare_transfer(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, di
                     {**base, "attack": "pgd100", "steps": 100, "step": "eps/12", "random_start": True,
                      "iterate": "last"}))
         try:
-            from trainable.genattacks import prepare_l2lda
+            from trainable.attacks.generative import prepare_l2lda
         except ImportError as exc:  # genattacks is optional until it lands
             ctx.log(f"transfer: l2lda skipped ({exc})")
             continue

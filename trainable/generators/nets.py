@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainable.attacks import preserve_mode
+from trainable.attacks.gradient import preserve_mode
 
 GRAD_STABILISER = 1e-15  # docs/method.md: ‖g + 1e-15‖₂, so a saturated CE (zero gradient) gives 0, not NaN
 

@@ -17,7 +17,7 @@ Methods and what a "draw" is:
                  curves share a schedule; a draw is a random restart (as in the paper).
                  Our choice: the paper does not say how its L2L was iterated.
 Generators that are not given are trained against the frozen classifier first
-(cfg.gen_attack_steps steps, Adam as the matrix columns; see :mod:`trainable.genattacks`); the paper did not fine-tune
+(cfg.gen_attack_steps steps, Adam as the matrix columns; see :mod:`trainable.attacks.generative`); the paper did not fine-tune
 its L2L-DA generator for Fig. 2(a), so a given one is used as is.
 Rendering (PNG) lives in ``orchestrator.figures``: this module only computes data.
 """
@@ -32,9 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainable.attacks import _project, _uniform_like, preserve_mode
-from trainable.data import fixed_subset
-from trainable.generator import Generator, L2LStarGenerator, input_gradient, rollout
+from trainable.attacks.gradient import _project, _uniform_like, preserve_mode
+from trainable.data.loading import fixed_subset
+from trainable.generators.nets import Generator, L2LStarGenerator, input_gradient, rollout
 
 METHODS = ("pgd", "l2l", "l2lda")
 
@@ -125,7 +125,7 @@ def compute_figure2(model: nn.Module, cfg: Any, data: Any, *, generator: nn.Modu
     as is, an L2L* generator for ``l2l``. Missing ones are trained against the frozen
     classifier for cfg.gen_attack_steps steps (width cfg.gen_attack_width or cfg.gen_width).
     """
-    from trainable.genattacks import ATTACKER_LR, _forked_rng, _seed, train_l2lda_attacker, train_l2lstar_attacker
+    from trainable.attacks.generative import ATTACKER_LR, _forked_rng, _seed, train_l2lda_attacker, train_l2lstar_attacker
 
     eps, step = cfg.eps_value, cfg.eps_step
     device = data.test_x.device

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from trainable.defenses import Defense
-from trainable.generator import Generator, L2LStarGenerator, build_generator, diversity_loss, rollout
+from trainable.defenses.baselines import Defense
+from trainable.generators.nets import Generator, L2LStarGenerator, build_generator, diversity_loss, rollout
 
 
 def generator_step(generator: nn.Module, optimizer: torch.optim.Optimizer, loss_to_max: Tensor,

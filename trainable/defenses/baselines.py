@@ -2,7 +2,7 @@
 
 A defense turns a clean batch into the classifier's training batch. The baselines
 follow the authors' code: the classifier takes one CE over [x ; x_adv]. Generator
-defenses (L2L-DA, L2L*) live in :mod:`trainable.l2lda`; they also train their
+defenses (L2L-DA, L2L*) live in :mod:`trainable.defenses.l2lda`; they also train their
 generator inside :meth:`Defense.batch`, so the runner treats all defenses alike.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from trainable.attacks import fgsm, pgd
+from trainable.attacks.gradient import fgsm, pgd
 
 
 class Defense:
@@ -86,8 +86,8 @@ DEFENSES = {
     "pgd10_at": lambda *a, **k: PGDAT(*a, steps=10, step_div=4, **k),  # step ε/4
     "pgd100_at": lambda *a, **k: PGDAT(*a, steps=100, step_div=12, **k),  # step ε/12
     "cw100_at": lambda *a, **k: PGDAT(*a, steps=100, step_div=12, loss="cw", **k),
-    "l2l_star": _lazy("trainable.l2lda", "L2LStarDefense"),
-    "l2lda": _lazy("trainable.l2lda", "L2LDADefense"),
+    "l2l_star": _lazy("trainable.defenses.l2lda", "L2LStarDefense"),
+    "l2lda": _lazy("trainable.defenses.l2lda", "L2LDADefense"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Files of trained models: trial checkpoints and export directories (nothing here unpickles)."""
