@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.common import set_threads  # noqa: E402
 from trainable.config import TrialConfig  # noqa: E402
-from trainable.generators.nets import normalize_grad  # noqa: E402
+from trainable.generators.rollout import normalize_grad  # noqa: E402
 from trainable.experiment.loop import Experiment  # noqa: E402
 
 
@@ -94,7 +94,7 @@ def main() -> None:
 
     def recursion_backward():
         # build the graph untimed, time only the backward through it
-        from trainable.defenses.l2lda import l2lda_losses
+        from trainable.generators.losses import l2lda_losses
 
         lc, ld, _, _ = l2lda_losses(gen, clf, x, y, cfg.z_dim, eps=cfg.eps, eps_step=cfg.eps_step, steps=T)
         obj = lc + cfg.lam_value * ld

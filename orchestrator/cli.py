@@ -82,12 +82,12 @@ def _datasets(study: Any) -> set[tuple[str, str, bool]]:
 
 def check_datasets(study: Any) -> None:
     """A missing dataset is an error before Ray starts (trials would all fail the same way)."""
-    from trainable.data.loading import _torchvision_dataset
+    from trainable.data.registry import DATASETS
 
     for name, root, download in sorted(_datasets(study)):
-        if name == "mnist5k" or download:
-            continue  # mnist5k is embedded; a download happens in the trial where a network is reachable
-        _torchvision_dataset(name, os.path.expanduser(root), False)
+        if download:
+            continue  # a download happens in the trial, where a network is reachable
+        DATASETS[name].check_files(os.path.expanduser(root))  # bundled datasets (mnist5k) have nothing to check
 
 
 def check_out_folder(out: str | None, flag: str = "--out") -> None:

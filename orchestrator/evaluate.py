@@ -23,10 +23,16 @@ import click
 from trainable.weights.checkpoint import CheckpointError
 from trainable.text import quote
 
-PROFILES: dict[str, dict[str, Any]] = {
-    "cpu": {"test_subset": 200, "gen_attack_steps": 200, "gen_attack_samples": 4, "square_queries": 1000},
-    "full": {"test_subset": 0, "gen_attack_steps": 48_000, "gen_attack_samples": 10, "square_queries": 5000},
-}
+# Test points per profile; each column's budget under a profile is in its registry entry
+# (trainable.attacks.registry, `profiles`): see profile_overrides.
+PROFILES: dict[str, dict[str, Any]] = {"cpu": {"test_subset": 200}, "full": {"test_subset": 0}}
+
+
+def profile_overrides(profile: str) -> dict[str, Any]:
+    """The config values of an eval profile: its test points and every column's budget."""
+    from trainable.attacks.registry import profile_settings
+
+    return {**PROFILES[profile], **profile_settings(profile)}
 PROFILE_HELP = ("cpu: 200 test points, generator columns fine-tuned 200 steps (4 z draws), Square 1000 queries "
                 "(minutes on a CPU); full: whole test split, generator columns fine-tuned 48,000 steps (10 z draws), "
                 "Square 5000 queries (hours on a GPU, days on a CPU)")
@@ -123,7 +129,7 @@ def _configure(checkpoint: str | None, export: str | None, profile: str, *, trac
         raise EvalError(f"--profile {quote(profile)}: choose from {', '.join(PROFILES)}")
     cfg, clf, gen, what = load_source(checkpoint, export, dataset=dataset, model=model, tracking_uri=tracking_uri,
                                       device=device)
-    overrides: dict[str, Any] = dict(PROFILES[profile], device=device, seed=seed)
+    overrides: dict[str, Any] = dict(profile_overrides(profile), device=device, seed=seed)
     if columns:
         overrides["eval_columns"] = list(columns)
     if test_subset is not None:

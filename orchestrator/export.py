@@ -99,14 +99,16 @@ def model_card(cfg: Any, run: Any, metric: str, mode: str, matrix: dict | None, 
                has_generator: bool) -> str:
     """A short Markdown card: data, defense, key config, matrix, provenance, caveats."""
     key = ["dataset", "model", "defense", "eps", "iterations", "warmup", "batch_size", "lr", "seed"]
-    if cfg.defense in ("l2lda", "l2l_star"):  # the generator's settings only where one was trained
+    from trainable.defenses.registry import DEFENSES
+
+    if DEFENSES[cfg.defense].generator is not None:  # the generator's settings only where one was trained
         key[4:4] = ["eps_step_frac", "T", "lam", "recursive", "diversity", "use_delta", "use_label", "grad_norm",
                     "gen_width"]
     lines = [f"# {cfg.model} {cfg.defense} on {cfg.dataset}", "",
              f"Exported by l2lda-tune from MLflow experiment `{experiment}`, run `{run.info.run_id}` "
              f"(trial `{run.data.tags.get('trial_name', '')}`), selected by the best {mode} of `{metric}` = "
              f"{run.data.metrics.get(metric, float('nan')):.4f} on the validation split.", "",
-             "## Use", "", "```python", "from trainable.weights.export_dir import load_export",
+             "## Use", "", "```python", "from trainable.weights import load_export",
              "model = load_export('THIS_DIR')   # eval mode; x in [0, 1], NCHW; normalisation inside", "```", "",
              "## Configuration", "", "| key | value |", "|---|---|"]
     lines += [f"| {k} | {getattr(cfg, k)} |" for k in key]
@@ -242,9 +244,9 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
                                "checkpoint": ckpt,
                                "files": sorted(p.name for p in out_dir.iterdir() if p.is_file())}
     if register:
-        from trainable.weights.export_dir import DATASET_SHAPES
+        from trainable.data.registry import DATASETS
 
-        summary["registered"] = register_model(uri, run.info.run_id, clf, register, (1, *DATASET_SHAPES[cfg.dataset]))
+        summary["registered"] = register_model(uri, run.info.run_id, clf, register, (1, *DATASETS[cfg.dataset].shape))
     if log:
         log(f"exported run {run.info.run_id} ({metric} = {summary['value']:.4f}, {mode}) to {out_dir}: "
             f"{', '.join(summary['files'])}" + (f"; registered {register} v{summary['registered']}" if register else ""))

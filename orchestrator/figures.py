@@ -2,7 +2,7 @@
 
 Figure 2: the CE loss of PGD, L2L and L2L-DA per attack iteration — mean over test images
 of the maximum over draws, with the mean standard deviation as the lower error bar (paper
-§5.3). The data come from :func:`trainable.figure2.compute_figure2`. Matplotlib's Agg
+§5.3). The data come from :func:`trainable.evaluation.loss_curves.compute_figure2`. Matplotlib's Agg
 canvas on a bare ``Figure`` (no pyplot global state; safe in worker threads).
 """
 from __future__ import annotations

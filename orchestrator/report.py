@@ -36,14 +36,19 @@ import numpy as np
 
 from orchestrator import stats
 from orchestrator.artifacts import MATRIX_JSON, MATRIX_PARQUET, read_matrix_parquet
-from trainable.defenses import DEFENSES
+from trainable.attacks.registry import table_columns
+from trainable.defenses.registry import DEFENSES
 from trainable.evaluation import binomial_ci
 from trainable.text import quote
 
-# Column order of Table 2 (paper's columns, then the parameter-free and gradient-free ones).
-TABLE2_COLUMNS = ("natural", "fgsm", "pgd10", "pgd100", "cw100", "cw1000", "advgan", "gap", "l2lda",
-                  "apgd_ce", "apgd_t", "fab_t", "square", "autoattack", "min", "worst")
-TABLE1_COLUMNS = ("natural", "fgsm", "pgd10", "pgd100", "cw100", "l2lda", "apgd_ce", "autoattack", "min", "worst")
+SUMMARY_COLUMNS = ("min", "worst")  # after the registered columns of Tables 1 and 2
+
+
+def table_keys(table: str) -> list[tuple[str, str]]:
+    """(column, metric) of a report table: the columns whose registry entry names the table
+    (trainable.attacks.registry, in its order: the paper's, then the parameter-free and
+    gradient-free ones), then Min and worst."""
+    return [(c, f"matrix/{c}") for c in (*table_columns(table), *SUMMARY_COLUMNS)]
 SURROGATE_LETTERS = ("A", "B", "C")
 TRANSFER_ATTACKS = ("pgd10", "pgd100", "l2lda")
 ABLATION_FLAGS = ("recursive", "diversity", "use_delta", "use_label", "grad_norm")
@@ -400,7 +405,10 @@ def _write_paired(entries: Sequence[Mapping[str, Any]], out: Path) -> list[Path]
 
 
 # ------------------------------------------------------------------ the report
-_DEFENSE_RANK = {name: i for i, name in enumerate(DEFENSES)}
+def _defense_rank(name: Any) -> int:
+    """A defense's place in the registry (the report's row order); -1 for one not installed here."""
+    names = DEFENSES.names()
+    return names.index(name) if name in names else -1
 
 
 def _on(v: Any) -> bool:
@@ -470,8 +478,7 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
             t1rows[label].append(r)
             t1id[label] = {**{ABLATION_SHORT[f]: _on(r["params"].get(f)) for f in varying},
                            **{k: r["params"].get(k) for k in other}}
-        cols = [(c, f"matrix/{c}") for c in TABLE1_COLUMNS]
-        cells1 = build_table(recs, t1rows, cols)
+        cells1 = build_table(recs, t1rows, table_keys("table1"))
         md += ["## Table 1 — ablation of L2L-DA", "", markdown_table(cells1, "flags"), ""]
         note = pipeline_note(t1rows)
         md += [note, ""] if note else []
@@ -482,7 +489,7 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
         md += [*paired_markdown(p1, how), ""]
         paired += p1
     # Table 2: defenses × attacks.
-    cells2 = build_table(recs, rows, [(c, f"matrix/{c}") for c in TABLE2_COLUMNS])
+    cells2 = build_table(recs, rows, table_keys("table2"))
     md += ["## Table 2 — white-box, parameter-free and gradient-free attacks", "", markdown_table(cells2), "",
            "`cw100`/`cw1000` are ℓ∞ PGD on the C&W margin loss (κ = 0, step ε/12, keep-best), not the paper's "
            "C&W optimisation attack (mister_ed: Adam, soft ℓ∞ penalty, binary search): not directly comparable "
@@ -492,7 +499,7 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
     md += [note, ""] if note else []
     written["tables"]["table2"] = _write_parquet(cells2, out / "table2.parquet", "table2")
     ident = {row: _identity(members[0], keys) for row, members in rows.items()}
-    rank = {row: (_DEFENSE_RANK.get(members[0]["params"].get("defense"), -1),
+    rank = {row: (_defense_rank(members[0]["params"].get("defense")),
                   sum(_on(members[0]["params"].get(f)) for f in ABLATION_FLAGS if f in ident[row]))
             for row, members in rows.items()}
     pairs, how = row_pairs(rows, ident, rank)

@@ -29,12 +29,8 @@ from trainable.text import quote, shorten
 
 LOCAL_NODE_IP = "127.0.0.2"
 
-# Rough single-thread CPU cost of one training iteration per 100 images on LeNet-5/mnist
-# (measured on this project's 2-core machine; see the README). Only for --dry-run's estimate.
-_MS_PER_100 = {"plain": 20.0, "fgsm_at": 55.0, "pgd10_at": 270.0, "pgd100_at": 2500.0, "cw100_at": 2500.0,
-               "l2l_star": 170.0}
-_L2LDA_MS_PER_100_PER_STEP = 290.0  # per recursion step at generator width 16
-_MODEL_FACTOR = {"lenet5": 1.0, "resnet20": 25.0}
+# --dry-run's costs per defense, classifier and column come from their registry entries
+# (docs/reliability.md, "--dry-run"); a GPU is taken to be this much faster than one CPU thread.
 _GPU_SPEEDUP = 20.0
 
 
@@ -814,16 +810,15 @@ def summarize(results: Any, study: Study, wall_s: float | None = None) -> str:
 
 # -------------------------------------------------------------------------- dry run
 def estimate_iteration_ms(cfg: Mapping[str, Any], gpu: float) -> float:
-    """A rough single-thread CPU cost of one training iteration (for --dry-run only)."""
-    from trainable.config import DATASET_DEFAULTS
+    """A rough single-thread CPU cost of one training iteration (for --dry-run only): the defense's
+    cost model per 100 LeNet-5 images, scaled by the batch and the classifier's relative cost."""
+    from trainable.data.registry import DATASETS
+    from trainable.defenses.registry import DEFENSES
+    from trainable.models.registry import CLASSIFIERS
 
-    defense = cfg.get("defense", "l2lda")
-    model = cfg.get("model") or DATASET_DEFAULTS[cfg.get("dataset", "mnist5k")]["model"]
-    per100 = _MS_PER_100.get(defense)
-    if per100 is None:  # l2lda: recursion steps × generator width
-        steps = int(cfg.get("T", 10)) if cfg.get("recursive", True) else 1
-        per100 = _L2LDA_MS_PER_100_PER_STEP * steps * max(0.25, (int(cfg.get("gen_width", 64)) / 16) ** 1.5)
-    ms = per100 * int(cfg.get("batch_size", 100)) / 100 * _MODEL_FACTOR.get(model, 1.0)
+    model = cfg.get("model") or DATASETS[cfg.get("dataset", "mnist5k")].model
+    per100 = DEFENSES[cfg.get("defense", "l2lda")].iteration_ms(cfg)
+    ms = per100 * int(cfg.get("batch_size", 100)) / 100 * CLASSIFIERS[model].cost
     return ms / _GPU_SPEEDUP if gpu > 0 else ms
 
 
@@ -897,13 +892,9 @@ def describe_study(study: Study, *, name: str | None = None, storage: str | None
     return "\n".join(lines)
 
 
-# Test-split sizes (docs/architecture.md, data) for a test_subset of 0 (the whole split).
-_TEST_SIZE = {"mnist5k": 1000, "mnist": 10000, "fashion_mnist": 10000, "cifar10": 10000}
 # One input-gradient step of one LeNet-5 example on one CPU thread (docs/reliability.md: 18 ms
 # per 100 images); a forward pass alone costs about a third of it.
 _GRAD_MS = 0.18
-# Input-gradient steps per test example of the columns outside the PGD family.
-_COLUMN_STEPS = {"natural": 0.3, "apgd_ce": 100, "apgd_t": 900, "autoattack": 2000}
 
 
 def _costly_config(study: Study, shown: Mapping[str, Any]) -> Any:
@@ -925,38 +916,29 @@ def _costly_config(study: Study, shown: Mapping[str, Any]) -> Any:
 
 def estimate_trial_s(cfg: Any, gpu: float) -> tuple[float, float, float]:
     """(training, validation, test matrix) seconds of one trial, a rough single-thread figure."""
-    from trainable.attacks import ATTACKS
+    from trainable.attacks.registry import COLUMNS
+    from trainable.data.registry import DATASETS
+    from trainable.defenses.registry import DEFENSES
+    from trainable.models.registry import CLASSIFIERS
 
     d = {k: getattr(cfg, k) for k in ("defense", "dataset", "model", "T", "recursive", "gen_width", "batch_size")}
     ms_adv = estimate_iteration_ms(d, gpu)
-    ms_clean = estimate_iteration_ms({**d, "defense": "plain"}, gpu)
+    # The warm-up is clean training: priced as the defense that trains on clean batches only.
+    clean = next((n for n, e in DEFENSES.items() if not e.adversarial), cfg.defense)
+    ms_clean = estimate_iteration_ms({**d, "defense": clean}, gpu)
     train = (cfg.iterations * ms_adv + cfg.warmup * ms_clean) / 1000
-    model = _MODEL_FACTOR.get(cfg.model_name, 1.0) / (_GPU_SPEEDUP if gpu > 0 else 1.0)
+    model = CLASSIFIERS[cfg.model_name].cost / (_GPU_SPEEDUP if gpu > 0 else 1.0)
     grad_ms = _GRAD_MS * model
 
-    def steps(col: str) -> float:
-        if col in ATTACKS:
-            return float(ATTACKS[col][1].get("steps", 1))
-        if col == "square":
-            return 0.3 * cfg.square_queries
-        if col == "autoattack":
-            return _COLUMN_STEPS["autoattack"] + 0.3 * cfg.square_queries
-        return float(_COLUMN_STEPS.get(col, 0.0))
+    def price(overrides: dict) -> float:  # one training iteration of this trial with other settings, ms
+        return estimate_iteration_ms({**d, **overrides}, gpu)
 
     reports = max(1, math.ceil(cfg.total_iterations / cfg.steps_per_report))
-    val = reports * cfg.val_subset * sum(steps(c) for c in cfg.val_columns if c in ATTACKS or c in _COLUMN_STEPS) \
-        * grad_ms / 1000
-    n_test = cfg.test_subset or _TEST_SIZE.get(cfg.dataset, 10000)
-    matrix = n_test * sum(steps(c) for c in cfg.eval_columns) * grad_ms / 1000
-    gen_cols = [c for c in cfg.eval_columns if c in ("l2lda", "advgan", "gap")]
-    if gen_cols:  # each trains a generator against the frozen classifier, then draws samples
-        gen_cfg = {**d, "defense": "l2lda", "gen_width": cfg.gen_attack_width or cfg.gen_width}
-        per = cfg.gen_attack_steps * estimate_iteration_ms(gen_cfg, gpu) / 1000
-        matrix += len(gen_cols) * (per + n_test * cfg.gen_attack_samples * cfg.gen_steps * grad_ms / 1000)
-    if "transfer" in cfg.eval_columns:  # surrogates A plain, B FGSM-AT, C PGD10-AT (docs/method.md)
-        it = cfg.transfer_iterations or cfg.iterations
-        matrix += it * sum(estimate_iteration_ms({**d, "defense": k, "model": "lenet5"}, gpu)
-                           for k in ("plain", "fgsm_at", "pgd10_at")) / 1000
+    val = reports * cfg.val_subset * sum(COLUMNS[c].steps(cfg) for c in cfg.val_columns) * grad_ms / 1000
+    n_test = cfg.test_subset or DATASETS[cfg.dataset].test_size
+    matrix = n_test * sum(COLUMNS[c].steps(cfg) for c in cfg.eval_columns) * grad_ms / 1000
+    # One-time preparation: generator columns train an attacker, transfer trains its surrogates.
+    matrix += sum(COLUMNS[c].setup_ms(cfg, price) for c in cfg.eval_columns) / 1000
     return train, val, matrix
 
 

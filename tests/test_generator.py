@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainable.generators.nets import (CondBatchNorm2d, Generator, L2LStarGenerator, PlainBatchNorm2d, diversity_loss,
+from trainable.generators import (CondBatchNorm2d, Generator, L2LStarGenerator, PlainBatchNorm2d, diversity_loss,
                                  input_gradient, normalize_grad, recursive_attack, rollout)
-from trainable.defenses.l2lda import l2lda_losses
+from trainable.generators.losses import l2lda_losses
 from trainable.models import build_classifier
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]

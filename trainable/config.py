@@ -4,8 +4,8 @@ Every trial — whether it runs under Ray Tune or in a plain Python process — 
 described by a :class:`TrialConfig`. ``TrialConfig.from_dict`` rejects unknown keys and
 wrong types with a one-line :class:`ConfigError` that names the key, so a typo in a
 search space fails before any compute is spent. Dataset-dependent defaults (ε, λ, the
-classifier) are resolved once, in :meth:`TrialConfig.resolved`, from ``DATASET_DEFAULTS``
-(docs/method.md settings table).
+classifier) are resolved once, in :meth:`TrialConfig.resolved`, from the dataset's registry
+entry, and the defense's (augmentation, classifier clip) from its entry (docs/method.md settings table).
 """
 from __future__ import annotations
 
@@ -21,38 +21,44 @@ from typing import Any, Mapping
 
 from trainable.text import quote
 
-DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10")
-MODELS = ("lenet5", "resnet20")
-DEFENSES = ("plain", "fgsm_at", "pgd10_at", "pgd100_at", "cw100_at", "l2l_star", "l2lda")
-GENERATOR_DEFENSES = ("l2l_star", "l2lda")
 AUGMENT_CHOICES = ("auto", True, False)
-
-# docs/method.md: settings from the paper and the authors' code; Fashion-MNIST takes ε = 0.1.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mnist5k": {"eps": 0.3, "lam": 0.02, "model": "lenet5"},
-    "mnist": {"eps": 0.3, "lam": 0.02, "model": "lenet5"},
-    "fashion_mnist": {"eps": 0.1, "lam": 0.02, "model": "lenet5"},
-    "cifar10": {"eps": 8 / 255, "lam": 0.5, "model": "resnet20"},
-}
-
-# Classifier grad-norm clip per defense (docs/method.md, "Defaults and their sources"): the
-# authors clip (1.0) only in their own method's adversarial phase; their baselines (trained
-# with mister_ed) and Madry's PGD-AT never clip; 0 means no clipping.
-DEFENSE_CLF_GRAD_CLIP: dict[str, float] = {
-    "plain": 0.0, "fgsm_at": 0.0, "pgd10_at": 0.0, "pgd100_at": 0.0, "cw100_at": 0.0,
-    "l2l_star": 1.0, "l2lda": 1.0,
-}
 
 
 def default_augment(defense: str, dataset: str) -> bool:
-    """The source's augmentation for a defense on a dataset (docs/method.md).
+    """The source's augmentation for a defense on a dataset (docs/method.md), from the registries.
 
     CIFAR-10: flip + crop for every defense. MNIST-like data: the authors' L2L-DA/L2L*
     loader crops (28, pad 4); their baselines' loader and Madry's MNIST training do not.
     """
-    if dataset == "cifar10":
-        return True
-    return defense in GENERATOR_DEFENSES
+    from trainable.data.registry import DATASETS
+    from trainable.defenses.registry import DEFENSES
+
+    return DATASETS[dataset].augment_every_defense or DEFENSES[defense].augment
+
+
+def _dataset(name: str) -> Any:
+    from trainable.data.registry import DATASETS
+
+    return DATASETS[name]
+
+
+def __getattr__(name: str) -> Any:
+    # Views of earlier versions, derived from the registries (datasets, classifiers, defenses).
+    from trainable.data.registry import DATASETS
+    from trainable.defenses.registry import DEFENSES
+    from trainable.models.registry import CLASSIFIERS
+
+    views = {
+        "DATASETS": lambda: tuple(DATASETS),
+        "MODELS": lambda: tuple(CLASSIFIERS),
+        "DEFENSES": lambda: tuple(DEFENSES),
+        "GENERATOR_DEFENSES": lambda: tuple(n for n, e in DEFENSES.items() if e.generator is not None),
+        "DATASET_DEFAULTS": lambda: {n: {"eps": e.eps, "lam": e.lam, "model": e.model} for n, e in DATASETS.items()},
+        "DEFENSE_CLF_GRAD_CLIP": lambda: {n: e.clf_grad_clip for n, e in DEFENSES.items()},
+    }
+    if name in views:
+        return views[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConfigError(ValueError):
@@ -169,12 +175,12 @@ class TrialConfig:
     # --------------------------------------------------------------- derived
     def resolved(self) -> TrialConfig:
         """Fill the dataset and defense defaults (model, ε, λ, augmentation, classifier clip); idempotent."""
-        dd = DATASET_DEFAULTS[self.dataset]
+        dd = _dataset(self.dataset)
         return dataclasses.replace(
             self,
-            model=self.model or dd["model"],
-            eps=self.eps if self.eps is not None else dd["eps"],
-            lam=self.lam if self.lam is not None else dd["lam"],
+            model=self.model or dd.model,
+            eps=self.eps if self.eps is not None else dd.eps,
+            lam=self.lam if self.lam is not None else dd.lam,
             augment=self.augment_value,
             clf_grad_clip=self.clf_grad_clip_value,
         )
@@ -191,11 +197,13 @@ class TrialConfig:
         """The classifier's grad-norm clip after warm-up (0: none); warm-up never clips."""
         if self.clf_grad_clip is not None:
             return self.clf_grad_clip
-        return DEFENSE_CLF_GRAD_CLIP.get(self.defense, 0.0)
+        from trainable.defenses.registry import DEFENSES
+
+        return DEFENSES[self.defense].clf_grad_clip
 
     @property
     def eps_value(self) -> float:
-        return self.eps if self.eps is not None else DATASET_DEFAULTS[self.dataset]["eps"]
+        return self.eps if self.eps is not None else _dataset(self.dataset).eps
 
     @property
     def eps_step(self) -> float:
@@ -206,11 +214,11 @@ class TrialConfig:
         """λ actually used: 0 when the diversity ablation flag is off."""
         if not self.diversity:
             return 0.0
-        return self.lam if self.lam is not None else DATASET_DEFAULTS[self.dataset]["lam"]
+        return self.lam if self.lam is not None else _dataset(self.dataset).lam
 
     @property
     def model_name(self) -> str:
-        return self.model or DATASET_DEFAULTS[self.dataset]["model"]
+        return self.model or _dataset(self.dataset).model
 
     @property
     def gen_steps(self) -> int:
@@ -226,9 +234,15 @@ class TrialConfig:
             if not cond:
                 raise ConfigError(f"{key}: {msg}")
 
-        need(self.dataset in DATASETS, "dataset", f"unknown dataset {quote(self.dataset)} (choose from {', '.join(DATASETS)})")
-        need(self.model is None or self.model in MODELS, "model", f"unknown model {quote(self.model)} (choose from {', '.join(MODELS)})")
-        need(self.defense in DEFENSES, "defense", f"unknown defense {quote(self.defense)} (choose from {', '.join(DEFENSES)})")
+        # Names are checked against the registries (ours and plug-ins'), imported here: they import torch.
+        from trainable.attacks.registry import COLUMNS
+        from trainable.data.registry import DATASETS
+        from trainable.defenses.registry import DEFENSES
+        from trainable.models.registry import CLASSIFIERS
+
+        need(self.dataset in DATASETS, "dataset", DATASETS.unknown(self.dataset))
+        need(self.model is None or self.model in CLASSIFIERS, "model", CLASSIFIERS.unknown(self.model))
+        need(self.defense in DEFENSES, "defense", DEFENSES.unknown(self.defense))
         if self.eps is not None:
             need(0 < self.eps <= 1 and math.isfinite(self.eps), "eps", f"must be in (0, 1], got {self.eps}")
         need(0 < self.eps_step_frac <= 1, "eps_step_frac", f"must be in (0, 1], got {self.eps_step_frac}")
@@ -268,13 +282,9 @@ class TrialConfig:
         need(len(self.val_columns) >= 1, "val_columns", "must name at least one column")
         need(len(set(self.val_columns)) == len(self.val_columns), "val_columns",
              f"has a duplicate column ({', '.join(sorted({c for c in self.val_columns if self.val_columns.count(c) > 1}))})")
-        # Column names are checked against the evaluation registry lazily (it imports torch).
-        from trainable.evaluation.matrix import known_columns
-
-        cols = known_columns()
         for key in ("eval_columns", "val_columns"):
             for c in getattr(self, key):
-                need(c in cols, key, f"unknown attack column {quote(c)} (choose from {', '.join(cols)})")
+                need(c in COLUMNS, key, COLUMNS.unknown(c))
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

@@ -1,7 +1,7 @@
 """The one thin Ray Tune adapter (docs/architecture.md).
 
 :class:`L2LDATrainable` is a class-API ``ray.tune.Trainable`` whose methods call the
-plain :class:`trainable.runner.Experiment`: ``setup`` builds it from the trial's flat
+plain :class:`trainable.experiment.Experiment`: ``setup`` builds it from the trial's flat
 config (``TrialConfig.from_dict``: an unknown key is an error), ``step`` runs
 ``steps_per_report`` iterations and returns ``train/…``, ``val/…`` and ``time/…``
 metrics (the finishing step adds the test robustness matrix — ``matrix/<column>`` and

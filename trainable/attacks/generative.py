@@ -8,7 +8,7 @@ weights come from seeded generators inside a forked RNG, so the trial's own RNG 
 untouched). Then ``attack_fn(model, x, y, *, eps, generator)`` scores test batches;
 x in [0, 1], every x_adv lies in the ℓ∞ ε-ball around x and in [0, 1].
 
-Factories match :mod:`trainable.evaluation.matrix`'s ``_LAZY_COLUMNS``:
+Each column's entry in :mod:`trainable.attacks.registry` names its factory:
 ``prepare_X(model, ctx) -> [(column_name, attack_fn, budget)]``.
 """
 from __future__ import annotations
@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainable.attacks.gradient import margin_loss, preserve_mode
-from trainable.generators.nets import Generator, L2LStarGenerator, UNet, rollout
-from trainable.defenses.l2lda import generator_step, l2lda_losses, l2lstar_loss
+from trainable.generators.losses import generator_step, l2lda_losses, l2lstar_loss
+from trainable.generators.nets import Generator, L2LStarGenerator, UNet
+from trainable.generators.rollout import rollout
 
 # Samples × batch per generator forward when scoring many z draws at once (bounds memory).
 MAX_ATTACK_BATCH = 2048

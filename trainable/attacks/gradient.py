@@ -3,8 +3,8 @@
 Conventions: budgets are keyword-only; attacks return x_adv, never δ;
 gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so no
 parameter collects a stray ``.grad``; the model runs in eval mode and its mode is
-restored in ``finally``. ``ATTACKS`` names every gradient attack the robustness
-matrix can run, with the paper's settings.
+restored in ``finally``. The matrix columns built on them, with the paper's settings,
+are entries of :mod:`trainable.attacks.registry`.
 """
 from __future__ import annotations
 
@@ -116,22 +116,18 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: float, step
 AttackFn = Callable[..., Tensor]
 
 
-def _fgsm_col(model, x, y, *, eps, generator=None):
+def fgsm_column(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:
+    """The `fgsm` matrix column: FGSM at the matrix's ε (no randomness)."""
     return fgsm(model, x, y, eps=eps)
 
 
-def _pgd_col(steps: int, step_div: float, loss: str) -> AttackFn:
-    def run(model, x, y, *, eps, generator=None):
-        return pgd(model, x, y, eps=eps, step=eps / step_div, steps=steps, loss=loss, generator=generator)
+class PGDColumn:
+    """A PGD matrix column: `steps` signed steps of ε/`step_div` on `loss`, random start, keep-best."""
 
-    return run
+    def __init__(self, steps: int, step_div: float, loss: str) -> None:
+        self.steps, self.step_div, self.loss = steps, step_div, loss
 
-
-# name → (fn(model, x, y, *, eps, generator) -> x_adv, budget description for the profile)
-ATTACKS: dict[str, tuple[AttackFn, dict]] = {
-    "fgsm": (_fgsm_col, {"steps": 1, "step": "eps", "loss": "ce", "random_start": False}),
-    "pgd10": (_pgd_col(10, 4, "ce"), {"steps": 10, "step": "eps/4", "loss": "ce", "random_start": True, "keep_best": True}),
-    "pgd100": (_pgd_col(100, 12, "ce"), {"steps": 100, "step": "eps/12", "loss": "ce", "random_start": True, "keep_best": True}),
-    "cw100": (_pgd_col(100, 12, "cw"), {"steps": 100, "step": "eps/12", "loss": "cw_margin_k0", "random_start": True, "keep_best": True}),
-    "cw1000": (_pgd_col(1000, 12, "cw"), {"steps": 1000, "step": "eps/12", "loss": "cw_margin_k0", "random_start": True, "keep_best": True}),
-}
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, eps: float,
+                 generator: torch.Generator | None = None) -> Tensor:
+        return pgd(model, x, y, eps=eps, step=eps / self.step_div, steps=self.steps, loss=self.loss,
+                   generator=generator)

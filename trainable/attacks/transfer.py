@@ -3,7 +3,7 @@
 Surrogates, as in the paper: A = plain, B = FGSM-AT, C = PGD10-AT, all of the dataset's
 own classifier family (LeNet-5 on MNIST-like data, ResNet-20 on CIFAR-10) whatever the
 trial's classifier is. Each is trained by the tool itself with
-:class:`trainable.runner.Experiment` and cached under ``cfg.cache_dir/transfer`` keyed by
+:class:`trainable.experiment.Experiment` and cached under ``cfg.cache_dir/transfer`` keyed by
 dataset, seed and the surrogate's training config, so a sweep trains each surrogate once
 per seed. Weights are written with :mod:`trainable.weights.checkpoint` and read back with
 ``weights_only=True``.
@@ -18,7 +18,7 @@ unrealistically well).
 Columns: ``transfer/<A|B|C>/pgd10``, ``…/pgd100`` (our PGD, random start, the last
 iterate — not stopped at the surrogate's first misclassification, which transfers worse)
 and ``…/l2lda`` (an L2L-DA generator trained against the frozen surrogate with
-:func:`trainable.genattacks.prepare_l2lda`). x in [0, 1]; every x_adv lies in the ε-ball
+:func:`trainable.attacks.generative.prepare_l2lda`). x in [0, 1]; every x_adv lies in the ε-ball
 and [0, 1] by construction of the attacks (and is checked by the matrix).
 """
 from __future__ import annotations
@@ -34,9 +34,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from trainable.attacks.generative import prepare_l2lda
 from trainable.attacks.gradient import pgd, preserve_mode
 from trainable.weights.checkpoint import CheckpointError, load_module_state, load_state, save_state
-from trainable.config import DATASET_DEFAULTS, TrialConfig
+from trainable.config import TrialConfig
+from trainable.data.registry import DATASETS
 from trainable.models.classifiers import build_classifier
 
 SURROGATES = {"A": "plain", "B": "fgsm_at", "C": "pgd10_at"}
@@ -60,7 +62,7 @@ def surrogate_config(cfg: TrialConfig, defense: str) -> TrialConfig:
     iterations = cfg.transfer_iterations if cfg.transfer_iterations > 0 else cfg.iterations
     return cfg.replace(
         defense=defense,
-        model=DATASET_DEFAULTS[cfg.dataset]["model"],
+        model=DATASETS[cfg.dataset].model,
         seed=cfg.seed + SURROGATE_SEED_OFFSET,
         iterations=iterations,
         eval_columns=["natural"],
@@ -165,11 +167,6 @@ def prepare_transfer(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, di
         out.append((f"transfer/{letter}/pgd100", _on_surrogate(sur, 100, 12),
                     {**base, "attack": "pgd100", "steps": 100, "step": "eps/12", "random_start": True,
                      "iterate": "last"}))
-        try:
-            from trainable.attacks.generative import prepare_l2lda
-        except ImportError as exc:  # genattacks is optional until it lands
-            ctx.log(f"transfer: l2lda skipped ({exc})")
-            continue
         sctx = EvalContext(cfg=cfg, data=ctx.data, device=ctx.device, generator=None,
                            seed=ctx.seed + SURROGATE_SEED_OFFSET, log=ctx.log)
         for _name, fn, budget in prepare_l2lda(sur, sctx):

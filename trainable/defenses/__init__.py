@@ -1,4 +1,12 @@
-"""Training-time defenses: what the classifier is trained on at each iteration."""
-from trainable.defenses.baselines import DEFENSES, FGSMAT, PGDAT, Defense, Plain, build_defense
+"""Training-time defenses: the registry of what a classifier can be trained with, and the defenses themselves.
 
-__all__ = ["DEFENSES", "Defense", "FGSMAT", "PGDAT", "Plain", "build_defense"]
+``DEFENSES`` (:mod:`trainable.defenses.registry`) holds one :class:`DefenseEntry` per
+defense, ours and plug-ins'; :func:`build_defense` builds the trial's. A defense subclasses
+:class:`Defense` (:mod:`trainable.defenses.base`); ours are the baselines
+(:mod:`trainable.defenses.baselines`) and L2L-DA / L2L* (:mod:`trainable.defenses.l2lda`).
+"""
+from trainable.defenses.base import Defense
+from trainable.defenses.baselines import FGSMAT, PGDAT, Plain
+from trainable.defenses.registry import DEFENSES, DefenseEntry, build_defense
+
+__all__ = ["DEFENSES", "Defense", "DefenseEntry", "FGSMAT", "PGDAT", "Plain", "build_defense"]

@@ -10,64 +10,15 @@ defense's clip — 1.0 here —, LR decay) — the same path every defense uses.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from trainable.defenses.baselines import Defense
-from trainable.generators.nets import Generator, L2LStarGenerator, build_generator, diversity_loss, rollout
-
-
-def generator_step(generator: nn.Module, optimizer: torch.optim.Optimizer, loss_to_max: Tensor,
-                   clip: float) -> None:
-    """One ascent step on `loss_to_max` for the generator only (grad-norm clip `clip`).
-
-    ``autograd.grad`` w.r.t. the generator's parameters: the classifier, through which the
-    loss was computed, collects no ``.grad``.
-    """
-    params = [p for p in generator.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(-loss_to_max, params)
-    for p, g in zip(params, grads):
-        p.grad = g
-    nn.utils.clip_grad_norm_(params, clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def l2lda_losses(generator: Generator, classifier: nn.Module, x: Tensor, y: Tensor, z_dim: int, *, eps: float,
-                 eps_step: float, steps: int, z_generator: torch.Generator | None = None
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Algorithm 1's generator losses on one batch: (L_cls, L_div, x_adv(T)(z1), x_adv(T)(z2)).
-
-    The batch is doubled with z1, z2 ~ N(0, I) fixed over the T steps; the rollout is
-    differentiable through δ. L_cls = (1/T) Σ_t CE(f(x_adv(t)), y) over the doubled batch
-    (Eq. 6); L_div is Eq. 7 between the two halves.
-    """
-    n = x.shape[0]
-    z = _randn((2 * n, z_dim), z_generator, x)
-    xx, yy = torch.cat([x, x]), torch.cat([y, y])
-    advs, losses = rollout(generator, classifier, xx, yy, z, eps=eps, eps_step=eps_step, steps=steps,
-                           differentiable=True, with_losses=True)
-    loss_cls = torch.stack([l.mean() for l in losses]).mean()
-    loss_div = diversity_loss([a[:n] for a in advs], [a[n:] for a in advs], z[:n], z[n:])
-    return loss_cls, loss_div, advs[-1][:n], advs[-1][n:]
-
-
-def l2lstar_loss(generator: L2LStarGenerator, classifier: nn.Module, x: Tensor, y: Tensor, *,
-                 eps: float) -> tuple[Tensor, Tensor]:
-    """L2L*: x_adv = clip(x + ε·g(x, ∇L(x)), 0, 1); returns (CE(f(x_adv), y), x_adv)."""
-    advs, losses = rollout(generator, classifier, x, y, None, eps=eps, eps_step=eps, steps=1,
-                           differentiable=True, with_losses=True)
-    return losses[0].mean(), advs[0]
-
-
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
-    """N(0, I) from a CPU generator when one is given (seeded determinism on any device)."""
-    if generator is None:
-        return torch.randn(shape, device=like.device, dtype=like.dtype)
-    return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
+from trainable.defenses.base import Defense
+from trainable.generators.losses import generator_step, l2lda_losses, l2lstar_loss
+from trainable.generators.nets import Generator, L2LStarGenerator, build_generator
 
 
 class _GeneratorDefense(Defense):
@@ -97,8 +48,6 @@ class L2LDADefense(_GeneratorDefense):
     ``use_label``, ``grad_norm``.
     """
 
-    name = "l2lda"
-
     def batch(self, x: Tensor, y: Tensor, iteration: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         self.generator.train()
@@ -119,10 +68,20 @@ class L2LDADefense(_GeneratorDefense):
 class L2LStarDefense(_GeneratorDefense):
     """L2L* (Chen et al.): one-shot generator on [x, ∇L(x)], trained jointly on L_cls only."""
 
-    name = "l2l_star"
-
     def batch(self, x: Tensor, y: Tensor, iteration: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         self.generator.train()
         loss_cls, x_adv = l2lstar_loss(self.generator, self.classifier, x, y, eps=self.cfg.eps_value)
         generator_step(self.generator, self.optimizer, loss_cls, self.cfg.grad_clip)
         return torch.cat([x, x_adv.detach()]), torch.cat([y, y]), {"train/loss_cls": loss_cls.detach()}
+
+
+def l2lda_generator(cfg: Any, shape: Sequence[int], num_classes: int, *, width: int) -> Generator:
+    """L2L-DA's generator with the trial's ablation flags (z_dim, use_delta, use_label, grad_norm)."""
+    return Generator(shape, num_classes, width=width, z_dim=cfg.z_dim, use_delta=cfg.use_delta,
+                     use_label=cfg.use_label, grad_norm=cfg.grad_norm)
+
+
+def l2lstar_generator(cfg: Any, shape: Sequence[int], num_classes: int, *, width: int) -> L2LStarGenerator:
+    """L2L*'s generator: it reads the raw input gradient, by definition of L2L* (docs/method.md)."""
+    return L2LStarGenerator(shape, width=width, grad_norm=False)
+

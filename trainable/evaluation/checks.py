@@ -8,11 +8,11 @@ silenced by changing an attack or a threshold (the thresholds below are the issu
 
 * ``more_steps_help`` — PGD100 accuracy above PGD10 by more than 1 point: more iterations of
   the same attack should never leave more points correct.
-* ``pfree_gap`` — APGD-CE, APGD-T, FAB-T or AutoAttack more than 5 points below PGD100: the
-  PGD numbers overestimate robustness.
-* ``blackbox_beats_whitebox`` — a transfer column or Square (neither uses the target's
-  gradient) below the lowest white-box gradient column by more than AutoAttack's
-  tolerance of 0.2 points.
+* ``pfree_gap`` — a parameter-free column (APGD-CE, APGD-T, FAB-T, AutoAttack, any column
+  of that kind) more than 5 points below PGD100: the PGD numbers overestimate robustness.
+* ``blackbox_beats_whitebox`` — a black-box column (Square, the transfer sub-columns; neither
+  uses the target's gradient) below the lowest white-box column (gradient and parameter-free
+  kinds but AutoAttack) by more than AutoAttack's tolerance of 0.2 points.
 * ``unbounded_pgd`` — PGD with ε = 1 (any image reachable) leaves more than 1% accuracy on
   a subset of the test points; run here, cheaply.
 * ``perturbation`` — some x_adv left the ε-ball or [0, 1], or carried NaN.
@@ -30,6 +30,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from trainable.attacks.gradient import pgd, preserve_mode
+from trainable.attacks.registry import has_role, with_role
 
 MORE_STEPS_THRESHOLD = 0.01  # pgd100 − pgd10
 PFREE_GAP_THRESHOLD = 0.05  # pgd100 − min(apgd_ce, apgd_t, fab_t, autoattack)
@@ -38,10 +39,6 @@ UNBOUNDED_THRESHOLD = 0.01  # accuracy left by PGD at ε = 1
 UNBOUNDED_SUBSET = 200  # points the ε = 1 attack runs on
 UNBOUNDED_STEPS = 100
 EPS_CURVE_STEPS = 20
-# White-box gradient columns: they follow the target's gradient. autoattack is left out
-# because it ends with Square (gradient-free); generator columns are learned attackers.
-WHITEBOX_COLUMNS = ("fgsm", "pgd10", "pgd100", "cw100", "cw1000", "apgd_ce", "apgd_t", "fab_t")
-PFREE_COLUMNS = ("apgd_ce", "apgd_t", "fab_t", "autoattack")
 FLAGS = ("more_steps_help", "pfree_gap", "blackbox_beats_whitebox", "unbounded_pgd", "perturbation")
 
 
@@ -60,14 +57,17 @@ def column_flags(correct: dict[str, np.ndarray], checks: dict[str, Any]) -> dict
         d = _acc(correct, "pgd100") - _acc(correct, "pgd10")
         out["more_steps_help"] = _flag(d > MORE_STEPS_THRESHOLD, d, MORE_STEPS_THRESHOLD,
                                        f"pgd100 − pgd10 = {100 * d:+.1f} points")
-    pf = [c for c in PFREE_COLUMNS if c in correct]
+    # Which column plays which part comes from its registry entry (trainable.attacks.registry):
+    # white-box columns follow the target's gradient (AutoAttack is left out: it ends with Square,
+    # gradient-free), black-box ones (Square, transfer sub-columns) never read it.
+    pf = [c for c in with_role("parameter_free") if c in correct]
     if "pgd100" in correct and pf:
         low = min(pf, key=lambda c: _acc(correct, c))
         d = _acc(correct, "pgd100") - _acc(correct, low)
         out["pfree_gap"] = _flag(d > PFREE_GAP_THRESHOLD, d, PFREE_GAP_THRESHOLD,
                                  f"pgd100 − {low} = {100 * d:+.1f} points")
-    wb = [c for c in WHITEBOX_COLUMNS if c in correct]
-    bb = [c for c in correct if c == "square" or c.startswith("transfer/")]
+    wb = [c for c in with_role("whitebox") if c in correct]
+    bb = [c for c in correct if has_role(c, "blackbox")]
     if wb and bb:
         w = min(wb, key=lambda c: _acc(correct, c))
         b = min(bb, key=lambda c: _acc(correct, c))
@@ -137,3 +137,12 @@ def eps_curve(model: nn.Module, x: Tensor, y: Tensor, eps_list: Sequence[float],
                 ok += int((model(xa).argmax(1) == yb).sum())
         out.append({"eps": float(eps), "accuracy": ok / max(len(y), 1), "steps": steps})
     return out
+
+
+def __getattr__(name: str) -> Any:
+    # The views of earlier versions, derived from the column registry.
+    if name == "WHITEBOX_COLUMNS":
+        return with_role("whitebox")
+    if name == "PFREE_COLUMNS":
+        return with_role("parameter_free")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

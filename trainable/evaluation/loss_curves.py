@@ -34,7 +34,8 @@ from torch import Tensor
 
 from trainable.attacks.gradient import _project, _uniform_like, preserve_mode
 from trainable.data.loading import fixed_subset
-from trainable.generators.nets import Generator, L2LStarGenerator, input_gradient, rollout
+from trainable.generators.nets import Generator, L2LStarGenerator
+from trainable.generators.rollout import input_gradient, rollout
 
 METHODS = ("pgd", "l2l", "l2lda")
 

@@ -10,7 +10,6 @@ recomputed and two runs compared example by example, and the evaluation profile
 """
 from __future__ import annotations
 
-import importlib
 import math
 import time
 import zlib
@@ -22,31 +21,18 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from trainable.attacks.gradient import ATTACKS, preserve_mode
-
-# Columns whose preparation lives in a later module: name → (module, factory).
-# A factory has the signature  prepare(model, ctx) -> list[(metric_name, attack_fn, budget)].
-_LAZY_COLUMNS: dict[str, tuple[str, str]] = {
-    "l2lda": ("trainable.attacks.generative", "prepare_l2lda"),
-    "advgan": ("trainable.attacks.generative", "prepare_advgan"),
-    "gap": ("trainable.attacks.generative", "prepare_gap"),
-    "apgd_ce": ("trainable.attacks.autoattack", "prepare_apgd_ce"),
-    "apgd_t": ("trainable.attacks.autoattack", "prepare_apgd_t"),
-    "fab_t": ("trainable.attacks.autoattack", "prepare_fab_t"),
-    "square": ("trainable.attacks.autoattack", "prepare_square"),
-    "autoattack": ("trainable.attacks.autoattack", "prepare_autoattack"),
-    "transfer": ("trainable.attacks.transfer", "prepare_transfer"),
-}
-COLUMN_KINDS = {
-    **{k: "gradient" for k in ATTACKS},
-    "l2lda": "generator", "advgan": "generator", "gap": "generator",
-    "apgd_ce": "parameter_free", "apgd_t": "parameter_free", "fab_t": "parameter_free", "square": "gradient_free",
-    "autoattack": "parameter_free", "transfer": "transfer",
-}
-
+from trainable.attacks.gradient import preserve_mode
+from trainable.attacks.registry import COLUMNS, column_of
 
 def known_columns() -> list[str]:
-    return ["natural", *ATTACKS, *_LAZY_COLUMNS]
+    """Every registered matrix column (ours and plug-ins'), in the report's order."""
+    return COLUMNS.names()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "COLUMN_KINDS":  # the view of earlier versions, derived from the registry
+        return {n: e.kind for n, e in COLUMNS.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -65,13 +51,10 @@ AttackPrep = list[tuple[str, Callable[..., Tensor], dict]]
 
 
 def prepare_column(name: str, model: nn.Module, ctx: EvalContext) -> AttackPrep:
-    if name in ATTACKS:
-        fn, budget = ATTACKS[name]
-        return [(name, fn, dict(budget))]
-    if name in _LAZY_COLUMNS:
-        mod, fac = _LAZY_COLUMNS[name]
-        return getattr(importlib.import_module(mod), fac)(model, ctx)
-    raise ValueError(f"eval_columns: unknown attack column {name!r} (choose from {', '.join(known_columns())})")
+    """[(metric name, attack_fn, budget)] of a registered column (sub-columns for prepared ones)."""
+    if name not in COLUMNS:
+        raise ValueError(f"eval_columns: {COLUMNS.unknown(name)}")
+    return COLUMNS[name].columns(model, ctx)
 
 
 @dataclass
@@ -121,7 +104,9 @@ def summarize(correct: dict[str, np.ndarray]) -> dict[str, float]:
             continue
         out[metric_key(name)] = float(vec.mean())
         all_ok &= vec
-        (transfer if name.startswith("transfer/") else whitebox).append(float(vec.mean()))
+        entry = column_of(name)
+        is_transfer = entry.kind == "transfer" if entry is not None else name.startswith("transfer/")
+        (transfer if is_transfer else whitebox).append(float(vec.mean()))
     out["matrix/min"] = min(whitebox) if whitebox else out["matrix/natural"]
     if transfer:
         out["transfer/min"] = min(transfer)

@@ -1,20 +1,18 @@
-"""The plain-Python experiment runner: one trial from a TrialConfig, no Ray needed.
+"""The experiment loop: one trial from a TrialConfig in a plain Python process, no Ray needed.
 
 ``Experiment`` owns everything a trial's state consists of — classifier, defense
 (and its generator), both optimisers, the batch sampler, every RNG — so a checkpoint
 restores it bit for bit on the CPU. :meth:`Experiment.step` is what Ray Tune's
 ``Trainable.step`` calls: ``steps_per_report`` iterations, then cheap validation
 metrics on a fixed validation subset; the step that finishes training also returns
-the test robustness matrix.
+the test robustness matrix. Its set-up reads :mod:`trainable.experiment.resources`
+(threads, device) and :mod:`trainable.experiment.warmup` (the shared clean warm-up).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -26,52 +24,15 @@ from trainable import __version__
 from trainable.weights.checkpoint import CheckpointError, load_module_state, load_state, save_state
 from trainable.config import TrialConfig
 from trainable.data.loading import BatchSampler, augment, fixed_subset, load_dataset
-from trainable.defenses.baselines import build_defense
+from trainable.defenses.registry import DEFENSES, build_defense
 from trainable.evaluation.matrix import EvalContext, MatrixResult, robustness_matrix
+from trainable.experiment.resources import resolve_device, set_threads
+from trainable.experiment.warmup import WarmupCache
 from trainable.models.classifiers import build_classifier
 
 
 class DivergenceError(FloatingPointError):
     """Training produced a non-finite loss; the trial must stop (status ERROR, reason tagged)."""
-
-
-def cpu_share() -> int:
-    """Threads this process may use: OMP_NUM_THREADS if a scheduler set it, else the affinity mask."""
-    env = os.environ.get("OMP_NUM_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        return os.cpu_count() or 1
-
-
-def set_threads(n: int) -> int:
-    """Set torch's intra-op threads to this process's CPU share (oversubscription is slower, docs/architecture.md, resources)."""
-    n = max(1, int(n) or cpu_share())
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
-
-
-def resolve_device(cfg: TrialConfig) -> torch.device:
-    if cfg.device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(cfg.device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device: {cfg.device!r} requested but CUDA is not available on this node")
-    if dev.type == "cuda" and 0 < cfg.gpu_fraction < 1:
-        # A fractional trial keeps to its share of the card (docs/architecture.md, resources).
-        torch.cuda.set_per_process_memory_fraction(cfg.gpu_fraction, dev.index or 0)
-    return dev
-
-
-def _warmup_key(cfg: TrialConfig) -> str:
-    # The warm-up is plain CE with no clip (docs/method.md), so the classifier clip is not part of the key.
-    keys = ("dataset", "model", "seed", "warmup", "batch_size", "lr", "momentum", "weight_decay", "augment")
-    blob = json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class Experiment:
@@ -97,45 +58,15 @@ class Experiment:
         self.test_idx = fixed_subset(len(self.data.test_y), cfg.test_subset)
         self.history: list[dict[str, float]] = []
         self.train_time = 0.0
-        self._use_cache = use_cache
-        if use_cache and cfg.warmup > 0 and cfg.defense != "plain":
-            self._load_warmup_cache()
+        # Adversarial trials of a sweep share their clean warm-up through a cache on disk (docs/method.md).
+        self.warmup_cache = WarmupCache(cfg, log=self.log) if use_cache and DEFENSES[cfg.defense].adversarial else None
+        if self.warmup_cache is not None and cfg.warmup > 0:
+            self.warmup_cache.load(self)
         # The defense (and its generator) is built from its own seed, so a cached warm-up
         # and a computed one leave the same RNG state behind.
         torch.manual_seed(cfg.seed + 2)
         self.defense = build_defense(cfg, self.classifier, shape, ncls, self.device)
-
-    # ------------------------------------------------------------ warm-up cache
-    def _warmup_path(self) -> Path:
-        return Path(self.cfg.cache_dir).expanduser() / "warmup" / f"{self.cfg.dataset}-{self.cfg.model}-{_warmup_key(self.cfg)}.pt"
-
-    def _load_warmup_cache(self) -> None:
-        p = self._warmup_path()
-        if not p.is_file():
-            return
-        try:
-            st = torch.load(p, map_location=self.device, weights_only=True)
-            self.classifier.load_state_dict(st["classifier"])
-            self.clf_opt.load_state_dict(st["clf_opt"])
-            self.sampler.load_state_dict(st["sampler"])
-            self.aug_rng.set_state(st["aug_rng"])
-            self.iteration = int(st["iteration"])
-            self.log(f"warm-up: loaded {self.iteration} clean iterations from {p}")
-        except Exception as exc:  # a bad cache entry is recomputed, never trusted
-            self.log(f"warm-up cache {p} unusable ({type(exc).__name__}); recomputing")
-            self.iteration = 0
-
-    def _save_warmup_cache(self) -> None:
-        p = self._warmup_path()
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_suffix(f".{os.getpid()}.tmp")
-            torch.save({"classifier": self.classifier.state_dict(), "clf_opt": self.clf_opt.state_dict(),
-                        "sampler": self.sampler.state_dict(), "aug_rng": self.aug_rng.get_state(),
-                        "iteration": self.iteration}, tmp)
-            os.replace(tmp, p)
-        except OSError as exc:
-            self.log(f"warm-up cache not written ({exc})")
+        self.adversarial = DEFENSES[cfg.defense].adversarial  # False: clean batches only (no defense)
 
     # ------------------------------------------------------------------ train
     @property
@@ -168,7 +99,7 @@ class Experiment:
             x, y = self.data.train_x[idx], self.data.train_y[idx]
             if cfg.augment:  # resolved: the source's choice for this defense unless forced
                 x = augment(x, cfg.dataset, self.aug_rng)
-            adversarial = it >= cfg.warmup and cfg.defense != "plain"
+            adversarial = it >= cfg.warmup and self.adversarial
             if adversarial:
                 xt, yt, m = self.defense.batch(x, y, it)
             else:
@@ -196,8 +127,8 @@ class Experiment:
                     counts[k] = counts.get(k, 0) + 1
             self.iteration += 1
             done += 1
-            if self.iteration == cfg.warmup and cfg.defense != "plain" and self._use_cache:
-                self._save_warmup_cache()
+            if self.iteration == cfg.warmup and self.warmup_cache is not None:
+                self.warmup_cache.save(self)
         elapsed = time.perf_counter() - t0
         self.train_time += elapsed
         out = {k: float(v) / counts[k] for k, v in sums.items()}  # the one host sync per report

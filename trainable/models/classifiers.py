@@ -10,15 +10,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-# Per-dataset input statistics (channel means/stds of the training sets).
-NORMALIZATION = {
-    "mnist5k": ((0.1307,), (0.3081,)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-}
-
-
 class Normalize(nn.Module):
     """(x − mean) / std with mean and std as buffers (saved in checkpoints, moved with .to)."""
 
@@ -107,20 +98,19 @@ class ResNet20(nn.Module):
         return self.fc(x)
 
 
-CLASSIFIERS = {"lenet5": LeNet5, "resnet20": ResNet20}
-
-
 def build_classifier(name: str, dataset: str, in_channels: int | None = None) -> nn.Module:
-    """The named classifier with the dataset's normalisation buffers inside."""
-    mean, std = NORMALIZATION[dataset]
+    """The named classifier (a models registry entry) with the dataset's normalisation buffers inside."""
+    from trainable.data.registry import DATASETS
+    from trainable.models.registry import CLASSIFIERS
+
+    data = DATASETS[dataset]
+    mean, std = data.mean, data.std
     channels = in_channels if in_channels is not None else len(mean)
     if channels != len(mean):  # e.g. LeNet-5 on CIFAR: broadcast grey statistics
         mean, std = (mean[0],) * channels, (std[0],) * channels
-    try:
-        cls = CLASSIFIERS[name]
-    except KeyError:
-        raise ValueError(f"model: unknown classifier {name!r} (choose from {', '.join(CLASSIFIERS)})") from None
-    return cls(in_channels=channels, mean=mean, std=std)
+    if name not in CLASSIFIERS:
+        raise ValueError(f"model: {CLASSIFIERS.unknown(name)}")
+    return CLASSIFIERS[name].make(in_channels=channels, num_classes=data.num_classes, mean=mean, std=std)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -28,17 +28,15 @@ import torch.nn as nn
 from trainable import __version__
 from trainable.weights.checkpoint import (CONFIG_FILE, META_FILE, STATE_FILE, CheckpointError, atomic_write_text,
                                   load_module_state, load_state, read_json, safe_torch_load)
-from trainable.config import GENERATOR_DEFENSES, ConfigError, TrialConfig
+from trainable.config import ConfigError, TrialConfig
+from trainable.data.registry import DATASETS
+from trainable.defenses.registry import DEFENSES
 from trainable.models.classifiers import build_classifier
 from trainable.text import quote
 
 EXPORT_FORMAT = 1
 CLASSIFIER_FILE, GENERATOR_FILE, EXPORT_META = "classifier.safetensors", "generator.safetensors", "export.json"
-# Input shape (C, H, W) and classes per dataset: an export is rebuilt without loading data.
-DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
-    "mnist5k": (1, 28, 28), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32),
-}
-NUM_CLASSES = 10
+# An export is rebuilt without loading data: input shape and classes come from the dataset's registry entry.
 
 
 def _sha256(path: Path) -> str:
@@ -152,14 +150,15 @@ def _verify(d: Path, name: str) -> Path:
 
 
 def build_for(cfg: TrialConfig, device: str | torch.device = "cpu") -> nn.Module:
-    shape = DATASET_SHAPES[cfg.dataset]
+    shape = DATASETS[cfg.dataset].shape
     return build_classifier(cfg.model_name, cfg.dataset, shape[0]).to(device)
 
 
 def build_generator_for(cfg: TrialConfig, device: str | torch.device = "cpu") -> nn.Module:
     from trainable.generators.nets import build_generator
 
-    return build_generator(cfg, DATASET_SHAPES[cfg.dataset], NUM_CLASSES).to(device)
+    data = DATASETS[cfg.dataset]
+    return build_generator(cfg, data.shape, data.num_classes).to(device)
 
 
 def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -211,7 +210,7 @@ def load_checkpoint_modules(directory: str | os.PathLike, device: str | torch.de
     load_module_state(clf, state["classifier"], f"{d} classifier")
     gen = None
     dstate = state.get("defense") or {}
-    if cfg.defense in GENERATOR_DEFENSES and isinstance(dstate, dict) and "generator" in dstate:
+    if DEFENSES[cfg.defense].generator is not None and isinstance(dstate, dict) and "generator" in dstate:
         gen = build_generator_for(cfg, device)
         load_module_state(gen, dstate["generator"], f"{d} generator")
         gen.eval()
@@ -251,3 +250,12 @@ def load_state_dict_file(path: str | os.PathLike, dataset: str = "mnist5k", mode
             state[k] = own[k]
     load_module_state(clf, state, f"{p} ({cfg.model} on {cfg.dataset})")
     return cfg, clf.eval()
+
+
+def __getattr__(name: str) -> Any:
+    # Views of earlier versions, derived from the dataset registry.
+    if name == "DATASET_SHAPES":
+        return {n: e.shape for n, e in DATASETS.items()}
+    if name == "NUM_CLASSES":
+        return 10
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

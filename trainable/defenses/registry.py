@@ -1,0 +1,86 @@
+"""The defense registry (docs/extending.md): one entry per training-time defense with its facts.
+
+An entry says how to build the defense, whether it trains adversarially at all (``plain``
+does not: no adversarial batches, no shared warm-up cache), how to build its generator
+when it trains one (exports and checkpoints rebuild it from the config), its cost model
+for ``--dry-run``, and its source's training pipeline: augmentation on datasets whose
+sources do not augment every defense, and the classifier's grad-norm clip after warm-up
+(docs/method.md, "Defaults and their sources"). Registration order is the report's row
+order. Plug-ins add entries through the ``l2lda_tune.defenses`` entry-point group.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from trainable.registry import Registry, resolve
+
+
+@dataclass(frozen=True)
+class DefenseEntry:
+    name: str
+    # build(cfg, classifier, shape, num_classes, device) -> trainable.defenses.Defense; or "module:attr"
+    build: Callable[..., Any] | str
+    # ms of one training iteration per 100 images on LeNet-5, one CPU thread (--dry-run); or cost(cfg mapping) -> ms
+    cost: float | Callable[[Mapping[str, Any]], float] | str
+    adversarial: bool = True  # False: trains on clean batches only (no defense)
+    # generator(cfg, shape, num_classes, *, width) -> nn.Module, for defenses that train one; None: no generator
+    generator: Callable[..., nn.Module] | str | None = None
+    augment: bool = False  # crops on datasets whose sources do not augment every defense (MNIST-like)
+    clf_grad_clip: float = 0.0  # classifier grad-norm clip after warm-up (0: none)
+    doc: str = ""
+
+    def make(self, cfg: Any, classifier: nn.Module, shape: tuple[int, int, int], num_classes: int,
+             device: torch.device) -> Any:
+        return resolve(self.build)(cfg, classifier, shape, num_classes, device)
+
+    def make_generator(self, cfg: Any, shape: Sequence[int], num_classes: int, *, width: int) -> nn.Module:
+        if self.generator is None:
+            raise ValueError(f"defense {self.name!r} trains no generator")
+        return resolve(self.generator)(cfg, shape, num_classes, width=width)
+
+    def iteration_ms(self, cfg: Mapping[str, Any]) -> float:
+        """--dry-run's cost of one iteration per 100 images (LeNet-5, one CPU thread)."""
+        cost = resolve(self.cost)
+        return float(cost(cfg)) if callable(cost) else float(cost)
+
+
+DEFENSES: Registry[DefenseEntry] = Registry("defense", "l2lda_tune.defenses", DefenseEntry)
+
+# --dry-run costs, measured on this project's 2-core machine (docs/reliability.md, "--dry-run").
+L2LDA_MS_PER_100_PER_STEP = 290.0  # per recursion step at generator width 16
+
+
+def l2lda_cost(cfg: Mapping[str, Any]) -> float:
+    """L2L-DA's iteration: recursion steps × generator width (cost ∝ width^1.5, at least a quarter of width 16)."""
+    steps = int(cfg.get("T", 10)) if cfg.get("recursive", True) else 1
+    return L2LDA_MS_PER_100_PER_STEP * steps * max(0.25, (int(cfg.get("gen_width", 64)) / 16) ** 1.5)
+
+
+def _ours() -> None:
+    base, gen = "trainable.defenses.baselines", "trainable.defenses.l2lda"
+    # Clip and augmentation: the authors clip (1.0) and crop only in their own method's
+    # adversarial phase; their baselines (mister_ed) and Madry's PGD-AT do neither (docs/method.md).
+    DEFENSES.add(DefenseEntry("plain", f"{base}:Plain", 20.0, adversarial=False, doc="no defense"))
+    DEFENSES.add(DefenseEntry("fgsm_at", f"{base}:FGSMAT", 55.0, doc="FGSM-AT, CE over [x ; x_adv]"))
+    DEFENSES.add(DefenseEntry("pgd10_at", f"{base}:pgd10_at", 270.0, doc="PGD-AT, 10 steps of ε/4"))
+    DEFENSES.add(DefenseEntry("pgd100_at", f"{base}:pgd100_at", 2500.0, doc="PGD-AT, 100 steps of ε/12"))
+    DEFENSES.add(DefenseEntry("cw100_at", f"{base}:cw100_at", 2500.0, doc="PGD-AT on the C&W margin, 100 steps"))
+    DEFENSES.add(DefenseEntry("l2l_star", f"{gen}:L2LStarDefense", 170.0, generator=f"{gen}:l2lstar_generator",
+                              augment=True, clf_grad_clip=1.0, doc="L2L* (Chen et al.), one-shot generator"))
+    DEFENSES.add(DefenseEntry("l2lda", f"{gen}:L2LDADefense", "trainable.defenses.registry:l2lda_cost",
+                              generator=f"{gen}:l2lda_generator", augment=True, clf_grad_clip=1.0,
+                              doc="L2L-DA (Algorithm 1), recursive stochastic generator"))
+
+
+DEFENSES.builtins(_ours)
+
+
+def build_defense(cfg: Any, classifier: nn.Module, shape: tuple[int, int, int], num_classes: int,
+                  device: torch.device) -> Any:
+    if cfg.defense not in DEFENSES:
+        raise ValueError(f"defense: {DEFENSES.unknown(cfg.defense)}")
+    return DEFENSES[cfg.defense].make(cfg, classifier, shape, num_classes, device)
