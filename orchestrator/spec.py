@@ -31,15 +31,16 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional
+from typing import Annotated, Any, Literal, Mapping, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+
+from orchestrator.space import DISTRIBUTIONS, KINDS, Distribution, SpaceError
 from trainable.config import ConfigError, TrialConfig, config_fields, parse_budget
 from trainable.text import quote, shorten
 
-DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "int")
 BUDGET_KEYS = ("eps",)  # pixel-space budgets that may be written as '8/255'
 
 
@@ -48,6 +49,12 @@ class SpecError(ValueError):
 
 
 # --------------------------------------------------------------------------- sections
+# Range constraints are declared on the fields (pydantic's Field(ge=…)); _pydantic_error words
+# a violation as "must be >= 1, got 0", with the field's description as its reason.
+AtLeastOne = Annotated[int, Field(ge=1)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class _Section(BaseModel):
     # strict: YAML "4" is not the number 4; extra keys are typos, never ignored.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -60,9 +67,9 @@ class SearchSpec(_Section):
     sampler: Optional[Literal["tpe", "nsga2"]] = None
     metric: Any = "val/worst"  # one name or a list (several objectives)
     mode: Any = "max"  # one mode (applied to every metric) or one per metric
-    num_samples: int = 1
-    max_concurrent: Optional[int] = None
-    seed: int = 0
+    num_samples: AtLeastOne = 1
+    max_concurrent: Optional[AtLeastOne] = None
+    seed: Annotated[int, Field(ge=0, lt=2**32, description="numpy's and Optuna's samplers take seeds in [0, 2**32)")] = 0
     storage: Optional[str] = None  # Optuna RDB URL (e.g. sqlite:///optuna.db) for optuna-dashboard
 
     @field_validator("metric")
@@ -81,27 +88,6 @@ class SearchSpec(_Section):
         modes = [v] if isinstance(v, str) else v
         if not isinstance(modes, list) or not modes or any(m not in ("max", "min") for m in modes):
             raise ValueError(f"expected 'max' or 'min' (or a list of them), got {quote(v)}")
-        return v
-
-    @field_validator("num_samples")
-    @classmethod
-    def _num_samples(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
-
-    @field_validator("max_concurrent")
-    @classmethod
-    def _max_concurrent(cls, v: Optional[int]) -> Optional[int]:
-        if v is not None and v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
-
-    @field_validator("seed")
-    @classmethod
-    def _seed(cls, v: int) -> int:
-        if not 0 <= v < 2**32:  # numpy's and Optuna's samplers take seeds in [0, 2**32)
-            raise ValueError(f"must be in [0, 2**32), got {v}")
         return v
 
     @field_validator("storage")
@@ -126,39 +112,18 @@ class SchedulerSpec(_Section):
     """Early stopping: none, or ASHA on the first (only) metric, in reporting steps."""
 
     type: Literal["none", "asha"] = "none"
-    max_t: Optional[int] = None  # None → the number of reports of the longest trial
-    grace_period: int = 1
-    reduction_factor: float = 3.0
-
-    @field_validator("max_t", "grace_period")
-    @classmethod
-    def _positive(cls, v: Optional[int]) -> Optional[int]:
-        if v is not None and v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
-
-    @field_validator("reduction_factor")
-    @classmethod
-    def _rf(cls, v: float) -> float:
-        if not v > 1 or not math.isfinite(v):
-            raise ValueError(f"must be > 1, got {v}")
-        return v
+    max_t: Optional[AtLeastOne] = None  # None → the number of reports of the longest trial
+    grace_period: AtLeastOne = 1
+    reduction_factor: Annotated[FiniteFloat, Field(gt=1)] = 3.0
 
 
 class ResourcesSpec(_Section):
     """Per-trial resources: CPUs (torch threads follow them) and GPUs (0, a fraction, whole cards)."""
 
-    cpu: float = 1.0
+    cpu: Annotated[FiniteFloat, Field(gt=0)] = 1.0
     gpu: float = 0.0
 
-    @field_validator("cpu")
-    @classmethod
-    def _cpu(cls, v: float) -> float:
-        if not (v > 0 and math.isfinite(v)):
-            raise ValueError(f"must be > 0, got {v}")
-        return v
-
-    @field_validator("gpu")
+    @field_validator("gpu")  # not a range: 0, a fraction, or whole cards
     @classmethod
     def _gpu(cls, v: float) -> float:
         if v < 0 or not math.isfinite(v):
@@ -169,33 +134,13 @@ class ResourcesSpec(_Section):
 
 
 class FailureSpec(_Section):
-    max_failures: int = 0  # retries from the last checkpoint; -1 = retry forever
-
-    @field_validator("max_failures")
-    @classmethod
-    def _mf(cls, v: int) -> int:
-        if v < -1:
-            raise ValueError(f"must be >= -1 (-1 retries forever), got {v}")
-        return v
+    # retries from the last checkpoint
+    max_failures: Annotated[int, Field(ge=-1, description="-1 retries forever")] = 0
 
 
 class CheckpointSpec(_Section):
-    every: int = 1  # checkpoint every k reporting steps (0: only at the end)
-    keep: Optional[int] = 2  # newest checkpoints kept per trial (None: all)
-
-    @field_validator("every")
-    @classmethod
-    def _every(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"must be >= 0, got {v}")
-        return v
-
-    @field_validator("keep")
-    @classmethod
-    def _keep(cls, v: Optional[int]) -> Optional[int]:
-        if v is not None and v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
+    every: Annotated[int, Field(ge=0, description="0 checkpoints only at the end")] = 1  # every k reports
+    keep: Optional[AtLeastOne] = 2  # newest checkpoints kept per trial (None: all)
 
 
 class EvaluationSpec(_Section):
@@ -238,16 +183,16 @@ class Param:
     when: tuple[tuple[str, tuple], ...] = ()  # ((param, allowed values), …): all must hold
     default: Any = None  # the value when a condition does not hold (base, else TrialConfig's default)
 
+    @property
+    def dist(self) -> Distribution:
+        """The kind's behaviour (orchestrator.space); the Param itself stays plain, picklable data."""
+        return KINDS[self.kind]
+
     def active(self, config: Mapping[str, Any]) -> bool:
         return all(config.get(p) in allowed for p, allowed in self.when)
 
     def describe(self) -> str:
-        if self.kind in ("fixed",):
-            s = repr(self.values[0])
-        elif self.kind in ("grid", "choice"):
-            s = f"{self.kind} {list(self.values)}"
-        else:
-            s = f"{self.kind} [{self.low}, {self.high}]"
+        s = self.dist.describe(self)
         if self.when:
             s += " when " + ", ".join(f"{p} in {list(v)}" if len(v) > 1 else f"{p} = {quote(v[0])}" for p, v in self.when)
         return s
@@ -292,7 +237,7 @@ class Study:
     # ---------------------------------------------------------------- derived
     @property
     def search_type(self) -> str:
-        return self.search.type or ("grid" if all(p.kind in ("grid", "fixed") for p in self.params.values()) else "random")
+        return self.search.type or ("grid" if not any(p.dist.sampled for p in self.params.values()) else "random")
 
     @property
     def metrics(self) -> list[str]:
@@ -337,7 +282,7 @@ class Study:
             full = {**self.base, **{p.name: p.values[0] for p in self.params.values() if p.kind == "fixed"}, **c}
             shown = dict(c)
             for p in self.params.values():
-                if p.kind not in ("grid", "fixed") and p.active(full):
+                if p.dist.sampled and p.active(full):
                     shown[p.name] = p.describe()
                 elif p.kind == "grid" and not p.active(full):
                     shown[p.name] = p.default
@@ -348,11 +293,10 @@ class Study:
         """Reporting steps of the longest trial (ASHA's natural max_t)."""
         def values(key: str) -> list[int]:
             p = self.params.get(key)
-            if p is None or p.kind == "fixed":
-                return [int(p.values[0] if p else self.base.get(key, _DEFAULTS[key]))]
-            if p.kind in ("grid", "choice"):
-                return [int(v) for v in p.values] + ([int(p.default)] if p.when else [])
-            return [int(p.low), int(p.high)]
+            if p is None:
+                return [int(self.base.get(key, _DEFAULTS[key]))]
+            # a conditional parameter takes its default where its condition does not hold
+            return [int(v) for v in p.dist.span(p)] + ([int(p.default)] if p.when and p.dist.discrete else [])
 
         it = max(values("iterations")) + max(values("warmup"))
         spr = min(values("steps_per_report"))
@@ -363,9 +307,7 @@ class Study:
         def mx(key: str, p: Param | None) -> int:
             if p is None:
                 return int(self.base.get(key, _DEFAULTS[key]))
-            if p.kind in ("fixed", "grid", "choice"):
-                return max(int(v) for v in p.values)
-            return int(p.high)
+            return max(int(v) for v in p.dist.span(p))
         return mx("iterations", p_it) + mx("warmup", p_wu)
 
     def to_dict(self) -> dict[str, Any]:
@@ -421,11 +363,50 @@ def _pydantic_error(exc: ValidationError, prefix: str = "") -> SpecError:
         msg = f"unknown key (known: {known})" if known else "unknown key"
     elif kind == "missing":
         msg = "required key is missing"
+    elif kind in _BOUNDS:
+        msg = _range_message(err, prefix)
+    elif kind == "finite_number":
+        msg = f"must be a finite number, got {quote(err.get('input'))}"
     else:
         msg = msg.removeprefix("Value error, ")
         if kind.endswith("_type") or kind.endswith("_parsing"):
             msg = f"{msg}, got {quote(err.get('input'))}"
     return SpecError(_one_line(f"{path}: {msg}"))
+
+
+_BOUNDS = {"greater_than_equal": "ge", "greater_than": "gt", "less_than_equal": "le", "less_than": "lt"}
+
+
+def _number(v: Any) -> str:
+    """A bound as a reader writes it (2**32 rather than 4294967296)."""
+    if isinstance(v, int) and v >= 2**16 and v & (v - 1) == 0:
+        return f"2**{v.bit_length() - 1}"
+    return str(v)
+
+
+def _range_message(err: Mapping[str, Any], prefix: str) -> str:
+    """"must be >= 1, got 0" or "must be in [0, 2**32), got -1" from the field's declared bounds."""
+    field_info = None
+    section = _section_model(tuple(err["loc"][:-1]), prefix)
+    if section is not None:
+        field_info = section.model_fields.get(str(err["loc"][-1]))
+    bounds: dict[str, Any] = {}
+    for m in getattr(field_info, "metadata", []):
+        for attr in ("ge", "gt", "le", "lt"):
+            if getattr(m, attr, None) is not None:
+                bounds[attr] = getattr(m, attr)
+    if not bounds:  # the constraint sits on an inner type (Optional[...]): the violated one is in ctx
+        bounds = {k: v for k, v in (err.get("ctx") or {}).items() if k in ("ge", "gt", "le", "lt")}
+    low = next(((k, bounds[k]) for k in ("ge", "gt") if k in bounds), None)
+    high = next(((k, bounds[k]) for k in ("le", "lt") if k in bounds), None)
+    if low and high:
+        text = (f"in {'[' if low[0] == 'ge' else '('}{_number(low[1])}, {_number(high[1])}"
+                f"{']' if high[0] == 'le' else ')'}")
+    else:
+        k, v = low or high
+        text = f"{ {'ge': '>=', 'gt': '>', 'le': '<=', 'lt': '<'}[k]} {_number(v)}"
+    why = getattr(field_info, "description", None)
+    return f"must be {text}" + (f" ({why})" if why and not (low and high) else "") + f", got {quote(err.get('input'))}"
 
 
 def _section_model(loc: tuple, prefix: str) -> type[BaseModel] | None:
@@ -496,40 +477,13 @@ def _parse_param(name: str, entry: Any, base: dict[str, Any], base_keys: set[str
     if name in base_keys and not when:
         raise SpecError(f"{path}: also set in base; a parameter is either fixed in base or varied in space "
                         f"(base may hold its value only for a conditional parameter, one with `when`)")
-    spec = entry[kind]
-    kpath = f"{path}.{kind}"
-    if kind in ("grid", "choice"):
-        if not isinstance(spec, list) or not spec:
-            raise SpecError(f"{kpath}: expected a non-empty list of values, got {quote(spec)}")
-        values = tuple(_check_value(free_base, name, v, f"{kpath}[{i}]") for i, v in enumerate(spec))
-        if len(set(map(repr, values))) != len(values):
-            raise SpecError(f"{kpath}: a value is listed twice: {list(values)}")
-        return Param(name, kind, values, when=when, default=default)
-    if not isinstance(spec, list) or len(spec) != 2:
-        raise SpecError(f"{kpath}: expected [low, high], got {quote(spec)}")
-    if kind == "int":
-        if not _is_int_field(name):
-            raise SpecError(f"{kpath}: {name} is not an integer parameter (use uniform, loguniform or choice)")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
-            raise SpecError(f"{kpath}: low and high must be integers, got {quote(spec)}")
-        low, high = spec
-        if low > high:
-            raise SpecError(f"{kpath}: low must be <= high, got [{low}, {high}]")
-    else:
-        if not _is_float_field(name):
-            what = "an integer parameter (use int)" if _is_int_field(name) else "not a numeric parameter (use choice or grid)"
-            raise SpecError(f"{kpath}: {name} is {what}")
-        try:
-            low, high = (parse_budget(v, name) for v in spec)
-        except ConfigError:
-            raise SpecError(f"{kpath}: low and high must be numbers, got {quote(spec)}") from None
-        if kind == "loguniform" and not low > 0:
-            raise SpecError(f"{kpath}: low must be > 0, got {low}")
-        if not low < high:
-            raise SpecError(f"{kpath}: low must be < high, got [{low}, {high}]")
-    low = _check_value(free_base, name, low, f"{kpath}[0]")
-    high = _check_value(free_base, name, high, f"{kpath}[1]")
-    return Param(name, kind, low=low, high=high, when=when, default=default)
+    try:
+        fields = KINDS[kind].parse(name, entry[kind], f"{path}.{kind}",
+                                   lambda v, where: _check_value(free_base, name, v, where),
+                                   is_int=_is_int_field(name), is_float=_is_float_field(name))
+    except SpaceError as exc:
+        raise SpecError(str(exc)) from None
+    return Param(name, kind, **fields, when=when, default=default)
 
 
 def _check_conditions(params: dict[str, Param], base: Mapping[str, Any] | None = None) -> None:
@@ -549,9 +503,9 @@ def _check_conditions(params: dict[str, Param], base: Mapping[str, Any] | None =
                             f"choice with search.type random or optuna")
         for dep, allowed in p.when:
             d = params.get(dep)
-            if d is not None and d.kind in ("uniform", "loguniform", "int"):
+            if d is not None and not d.dist.discrete:
                 raise SpecError(f"space.{p.name}.when.{dep}: a condition may only test a fixed, grid or choice parameter")
-            if d is not None and d.kind in ("grid", "choice", "fixed"):
+            if d is not None:
                 if not any(v in allowed for v in d.values):
                     raise SpecError(f"space.{p.name}.when.{dep}: no value of {dep} ({list(d.values)}) satisfies it")
     # cycles: a depends on b depends on a
@@ -659,16 +613,14 @@ def build_study(raw: Any, text: str = "", source: str | None = None) -> Study:
         if s.storage is not None:
             raise SpecError(f"search.storage: only optuna search has a study storage (search.type is {st})")
     for p in params.values():
-        if st == "grid" and p.kind not in ("grid", "fixed"):
+        if st == "grid" and p.dist.sampled:
             raise SpecError(f"space.{p.name}.{p.kind}: grid search takes only grid or fixed values "
                             f"(use search.type random or optuna to sample)")
         if st == "optuna" and p.kind == "grid":
             raise SpecError(f"space.{p.name}.grid: optuna search samples choice, uniform, loguniform or int "
                             f"(grid needs search.type grid or random)")
-    if st == "optuna" and not any(p.kind != "fixed" for p in params.values()):
+    if st == "optuna" and not any(p.dist.sampled for p in params.values()):
         raise SpecError("space: optuna search needs at least one choice, uniform, loguniform or int parameter")
-    if st == "optuna" and s.sampler == "nsga2" and len(s.metrics) == 1:
-        pass  # NSGA-II on one objective is legal in Optuna, if unusual
     sch = model.scheduler
     if sch.type == "asha":
         if len(s.metrics) > 1:

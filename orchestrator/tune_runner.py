@@ -14,7 +14,6 @@ attaches to a running cluster.
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import os
 import re
@@ -24,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, TextIO
 
+from orchestrator.space import SpaceError
 from orchestrator.spec import Param, SpecError, Study, condition_order
 from trainable.text import quote, shorten
 
@@ -176,17 +176,8 @@ def check_sweep_dir(storage: str, name: str, resume: bool) -> None:
 
 # --------------------------------------------------------------------- search space
 def _tune_domain(p: Param) -> Any:
-    from ray import tune
-
-    if p.kind == "choice":
-        return tune.choice(list(p.values))
-    if p.kind == "uniform":
-        return tune.uniform(p.low, p.high)
-    if p.kind == "loguniform":
-        return tune.loguniform(p.low, p.high)
-    if p.kind == "int":
-        return tune.randint(p.low, p.high + 1)  # Tune's upper bound is exclusive, the spec's inclusive
-    raise ValueError(p.kind)
+    """Ray Tune's sampling domain of a drawn parameter (its kind's, orchestrator.space)."""
+    return p.dist.tune_domain(p)
 
 
 class _Conditional:
@@ -277,20 +268,10 @@ class DefineByRun:
             if not p.active(cfg):
                 cfg[p.name] = constants[p.name] = p.default
                 continue
-            if p.kind == "choice":
-                encoded = [json.dumps(v) if isinstance(v, (list, dict)) else v for v in p.values]
-                v = trial.suggest_categorical(p.name, encoded)
-                if isinstance(v, str) and any(isinstance(x, (list, dict)) for x in p.values):
-                    v = json.loads(v) if v.startswith(("[", "{")) else v
-            elif p.kind == "uniform":
-                v = trial.suggest_float(p.name, p.low, p.high)
-            elif p.kind == "loguniform":
-                v = trial.suggest_float(p.name, p.low, p.high, log=True)
-            elif p.kind == "int":
-                v = trial.suggest_int(p.name, p.low, p.high)
-            else:
-                raise SpecError(f"space.{p.name}.{p.kind}: not available with optuna search")
-            cfg[p.name] = v
+            try:
+                cfg[p.name] = p.dist.suggest(trial, p)
+            except SpaceError as exc:
+                raise SpecError(str(exc)) from None
         return constants or None
 
 
@@ -902,12 +883,11 @@ def _costly_config(study: Study, shown: Mapping[str, Any]) -> Any:
     from trainable.config import TrialConfig
 
     cfg = dict(base_trial_config(study))
-    cfg.update({k: v for k, v in shown.items() if k in study.params and study.params[k].kind in ("grid", "fixed")})
+    cfg.update({k: v for k, v in shown.items() if k in study.params and not study.params[k].dist.sampled})
     for p in study.params.values():
-        if p.kind in ("uniform", "loguniform", "int"):
-            cfg[p.name] = p.high
-        elif p.kind == "choice":
-            cfg[p.name] = p.values[-1]
+        costly = p.dist.costliest(p)
+        if costly is not None:
+            cfg[p.name] = costly
     try:
         return TrialConfig.from_dict(cfg).resolved()
     except Exception:

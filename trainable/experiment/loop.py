@@ -15,7 +15,6 @@ import os
 import time
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

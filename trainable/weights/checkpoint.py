@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from trainable.text import shorten
+
 FORMAT = 1
 STATE_FILE, CONFIG_FILE, META_FILE = "state.pt", "config.json", "meta.json"
 
@@ -100,4 +102,4 @@ def load_module_state(module: torch.nn.Module, state: dict, what: str) -> None:
     except (RuntimeError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(s.strip() for s in first[:2])
-        raise CheckpointError(f"{what}: weights do not fit the model ({detail[:300]})") from None
+        raise CheckpointError(f"{what}: weights do not fit the model ({shorten(detail, 300)})") from None
