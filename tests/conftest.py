@@ -16,7 +16,13 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 import pytest
 import torch
 
-from trainable.config import TrialConfig
+from _plugins import use_plugin
+
+# The example plug-in (tests/plugins/) is part of every registry for the whole session: the
+# contract suites run over its entries like ours (before any registry is read, before Ray starts).
+use_plugin()
+
+from trainable.config import TrialConfig  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,11 @@
-"""One suite over every attack column of the robustness matrix (STYLE: torchattacks' parametrised __all__)."""
+"""The column contract: one suite over every registered column of the robustness matrix, ours and
+plug-ins' (docs/extending.md). A new column is tested by registering it.
+
+Every column keeps the ε-ball and [0, 1], restores every module's mode, leaves parameter ``.grad``
+alone, raises the loss on clean-correct points, is deterministic under a seed and never leaves
+more points correct than clean input. Its entry says which suite runs it (``test``): ``fast`` in
+the default run, ``slow`` under ``-m slow``, ``own`` in its own test file (natural, transfer).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -6,12 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainable.attacks import ATTACKS, pgd, preserve_mode
-from trainable.evaluation import COLUMN_KINDS, EvalContext, known_columns, prepare_column, robustness_matrix
+from trainable.attacks import ATTACKS, COLUMNS, pgd, preserve_mode
+from trainable.evaluation import EvalContext, prepare_column, robustness_matrix
 
-# Columns whose attack is cheap enough for the default suite on 2 cores; the rest run under `slow`.
-FAST = ["fgsm", "pgd10", "pgd100", "cw100", "apgd_ce", "apgd_t", "fab_t", "square", "autoattack", "l2lda", "advgan", "gap"]
-SLOW = [c for c in known_columns() if c not in FAST and c not in ("natural", "transfer")]
+FAST = [e.name for e in COLUMNS.values() if e.test == "fast"]
+SLOW = [e.name for e in COLUMNS.values() if e.test == "slow"]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +30,7 @@ def setup(trained):
 
 def _run(column, exp, x, y, seed=0):
     # Generator columns train their attacker first; 60 steps make it a (weak) attack at this scale.
-    cfg = exp.cfg.replace(gen_attack_steps=60) if COLUMN_KINDS.get(column) == "generator" else exp.cfg
+    cfg = exp.cfg.replace(gen_attack_steps=60) if COLUMNS[column].kind == "generator" else exp.cfg
     ctx = EvalContext(cfg=cfg, data=exp.data, device=exp.device, generator=exp.defense.generator, seed=seed)
     torch.manual_seed(seed)
     outs = []
@@ -83,6 +89,11 @@ def test_attack_suite_slow(column, setup):
 def test_registry_has_the_paper_columns():
     assert {"fgsm", "pgd10", "pgd100", "cw100", "cw1000"} <= set(ATTACKS)
     assert ATTACKS["pgd10"][1]["step"] == "eps/4" and ATTACKS["pgd100"][1]["step"] == "eps/12"
+
+
+def test_the_plugin_column_is_in_the_fast_suite():
+    # tests/plugins/l2lda_tune_toy registers `rfgsm` through an entry point: the suite above runs it.
+    assert "rfgsm" in FAST and COLUMNS["rfgsm"].kind == "gradient"
 
 
 def test_keep_best_never_loses_to_the_last_iterate(setup):
