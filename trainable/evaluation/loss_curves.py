@@ -45,7 +45,7 @@ def _ce(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(model(x), y, reduction="none")
 
 
-def pgd_losses(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: float, steps: int,
+def pgd_loss_curve(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: float, steps: int,
                generator: torch.Generator | None = None) -> list[Tensor]:
     """CE per example after each of `steps` signed PGD steps from a uniform random start."""
     x = x.detach()
@@ -58,7 +58,7 @@ def pgd_losses(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: floa
     return out
 
 
-def l2l_losses(generator: L2LStarGenerator, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: float,
+def l2l_loss_curve(generator: L2LStarGenerator, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: float,
                steps: int, rng: torch.Generator | None = None) -> list[Tensor]:
     """CE per example after each step of the L2L* generator applied recursively from a random start."""
     x = x.detach()
@@ -72,7 +72,7 @@ def l2l_losses(generator: L2LStarGenerator, model: nn.Module, x: Tensor, y: Tens
     return out
 
 
-def l2lda_losses(generator: Generator, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: float,
+def l2lda_loss_curve(generator: Generator, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: float,
                  steps: int, rng: torch.Generator | None = None) -> list[Tensor]:
     """CE per example at each x_adv(t) of Eq. 5 for one z draw per example (generator in eval mode)."""
     z = torch.randn((len(y), generator.z_dim), generator=rng, device="cpu").to(x.device)
@@ -104,11 +104,11 @@ def loss_curves(model: nn.Module, x: Tensor, y: Tensor, *, method: str, eps: flo
                 k = min(per_chunk, draws - d0)
                 xx, yy = xb.repeat(k, 1, 1, 1), yb.repeat(k)
                 if method == "pgd":
-                    ls = pgd_losses(model, xx, yy, eps=eps, step=step, steps=steps, generator=rng)
+                    ls = pgd_loss_curve(model, xx, yy, eps=eps, step=step, steps=steps, generator=rng)
                 elif method == "l2l":
-                    ls = l2l_losses(generator, model, xx, yy, eps=eps, step=step, steps=steps, rng=rng)
+                    ls = l2l_loss_curve(generator, model, xx, yy, eps=eps, step=step, steps=steps, rng=rng)
                 else:
-                    ls = l2lda_losses(generator, model, xx, yy, eps=eps, step=step, steps=steps, rng=rng)
+                    ls = l2lda_loss_curve(generator, model, xx, yy, eps=eps, step=step, steps=steps, rng=rng)
                 all_losses[:, d0:d0 + k, i0:i0 + nb] = torch.stack(ls).view(steps, k, nb).cpu()
     return {
         "max": all_losses.amax(1).mean(1).tolist(),
