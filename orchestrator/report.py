@@ -37,6 +37,7 @@ import numpy as np
 from orchestrator import stats
 from orchestrator.artifacts import MATRIX_JSON, MATRIX_PARQUET, read_matrix_parquet
 from trainable.attacks.registry import table_columns
+from trainable.attacks.transfer import SURROGATES, TRANSFER_ATTACKS
 from trainable.defenses.registry import DEFENSES
 from trainable.evaluation import binomial_ci
 from trainable.text import quote
@@ -49,8 +50,7 @@ def table_keys(table: str) -> list[tuple[str, str]]:
     (trainable.attacks.registry, in its order: the paper's, then the parameter-free and
     gradient-free ones), then Min and worst."""
     return [(c, f"matrix/{c}") for c in (*table_columns(table), *SUMMARY_COLUMNS)]
-SURROGATE_LETTERS = ("A", "B", "C")
-TRANSFER_ATTACKS = ("pgd10", "pgd100", "l2lda")
+SURROGATE_LETTERS = tuple(SURROGATES)  # Table 3's columns: the transfer column's surrogates × attacks
 ABLATION_FLAGS = ("recursive", "diversity", "use_delta", "use_label", "grad_norm")
 ABLATION_SHORT = {"recursive": "R", "diversity": "D", "use_delta": "δ", "use_label": "y", "grad_norm": "g"}
 # Params that describe how a trial ran, not what was trained: never split rows.

@@ -1,6 +1,6 @@
 """Bad input, table-driven (issue 6 §7), built on the existing tables rather than a third copy:
-tests/test_cli.py's CASES (33 CLI calls, each checked there for exit 2, one line, no Ray, no
-MLflow store) and tests/test_spec.py's BAD_SPECS (51 malformed specs, checked there only as a
+tests/orchestrator/test_cli.py's CASES (33 CLI calls, each checked there for exit 2, one line, no Ray, no
+MLflow store) and tests/orchestrator/test_spec.py's BAD_SPECS (51 malformed specs, checked there only as a
 SpecError from ``load_spec``). Here every BAD_SPECS document also goes through the real command
 line — exit 2, exactly one line naming the key, Ray never started, no tracking store, no run
 directory — a few CLI calls the tables lack are added (storage or store that cannot be written),

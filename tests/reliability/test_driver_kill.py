@@ -1,4 +1,4 @@
-"""Driver interrupted (issue 6 §2), the real-signal version of tests/test_tune.py's resume test:
+"""Driver interrupted (issue 6 §2), the real-signal version of tests/orchestrator/test_tune.py's resume test:
 `l2lda-tune` (its own process group, its own local Ray) gets SIGINT mid-sweep and, one second
 later — before a graceful shutdown can finish — SIGKILL. `l2lda-tune --resume` then finishes
 the Optuna study: the trial that had finished keeps its record and is not rerun, the searcher

@@ -1,4 +1,4 @@
-"""Hostile and broken files (issue 6 §6), on top of tests/test_export.py (which already shows
+"""Hostile and broken files (issue 6 §6), on top of tests/orchestrator/test_export.py (which already shows
 that `export_command`, `eval_command`, `load_state_dict_file` and `load_export` refuse a pickle
 payload and a truncated file): here the remaining entry points — ``Experiment.from_checkpoint``
 and the `l2lda-tune export` / `eval` command lines (exit 2, one line, payload never run) — and
@@ -106,7 +106,7 @@ GOOD = "name: t\nbase: {dataset: mnist5k, iterations: 2, warmup: 0, steps_per_re
 
 
 def test_resume_on_a_checkpoint_directory_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):
-    """A trial checkpoint is not a sweep (tests/test_cli.py covers a missing directory)."""
+    """A trial checkpoint is not a sweep (tests/orchestrator/test_cli.py covers a missing directory)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.yaml").write_text(GOOD)
     shutil.copytree(tiny_run[2], tmp_path / "runs" / "ck")

@@ -1,4 +1,4 @@
-"""Node loss (issue 6 §4): a two-node Ray cluster on loopback (tests/test_cluster.py's
+"""Node loss (issue 6 §4): a two-node Ray cluster on loopback (tests/orchestrator/test_cluster.py's
 `start_loopback_cluster`: head 127.0.0.2, worker 127.0.0.3, one CPU each) runs a 2-trial sweep
 through `l2lda-tune --address`; once the trial on the worker node has checkpointed, that node
 is stopped. Its trial is rescheduled on the head, continues from its checkpoint, and the

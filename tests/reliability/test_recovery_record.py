@@ -1,5 +1,5 @@
 """The MLflow record of a trial that Tune recovers after a crash (issue 6 §1, fast version of
-test_worker_crash.py with tests/test_tracking.py's fake trials): the recovery is tagged with the
+test_worker_crash.py with tests/orchestrator/test_tracking.py's fake trials): the recovery is tagged with the
 reason and the checkpoint it continues from, re-reported steps are not logged twice, and the
 run ends FINISHED."""
 from __future__ import annotations

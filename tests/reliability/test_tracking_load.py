@@ -3,14 +3,14 @@
 * 8 concurrent tiny trials (0.25 CPU each) on one sqlite store: the driver-side callback is
   the only writer, so every report of every trial is recorded and no "database is locked".
 * An MLflow server (a real `mlflow server` on 127.0.0.1, loopback only) that is not running
-  when the sweep starts: one line, exit 2, no Ray (tests/test_cli.py covers a dead port too).
+  when the sweep starts: one line, exit 2, no Ray (tests/orchestrator/test_cli.py covers a dead port too).
 * The server is SIGKILLed mid-sweep and started again on the same store: training goes on
   (reports arrive while it is down; the trials are then paused with SIGSTOP only because the
   restart takes longer than these tiny trials have left), the callback says once that the
   store is unavailable and once that it is back, and every record is written when it returns.
   A store that never returns costs the queued records with one line at the end: measured here
   while writing this test (244 records, one line) and kept as a fast test in
-  tests/test_tracking.py (test_store_gone_for_good_reports_lost_records_in_one_line).
+  tests/orchestrator/test_tracking.py (test_store_gone_for_good_reports_lost_records_in_one_line).
 """
 from __future__ import annotations
 

@@ -141,9 +141,12 @@ def _autoattack_steps(cfg: Any) -> float:
 
 def _transfer_setup(cfg: Any, price: Callable[[dict], float]) -> float:
     from trainable.attacks.transfer import SURROGATES
+    from trainable.data.registry import DATASETS
 
+    # the surrogates are the dataset's own classifier family (trainable.attacks.transfer)
     iterations = cfg.transfer_iterations or cfg.iterations
-    return iterations * sum(price({"defense": d, "model": "lenet5"}) for d in SURROGATES.values())
+    model = DATASETS[cfg.dataset].model
+    return iterations * sum(price({"defense": d, "model": model}) for d in SURROGATES.values())
 
 
 # Budgets per eval profile (docs/method.md, evaluation): cpu takes minutes on a CPU, full is the authors' scale.

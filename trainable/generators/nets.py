@@ -1,14 +1,9 @@
-"""The L2L-DA generator and its recursive stochastic attack (docs/method.md; paper Eq. 5, Fig. 3).
+"""The L2L-DA generator and the L2L* generator (docs/method.md; paper Fig. 3).
 
-Images are in [0, 1] pixel space (normalisation lives inside the classifier), budgets
-are ℓ∞ in the same space. The generator g_φ(x, y, z, δ, ĝ) is a small U-Net with
-class-conditional batch norm; :func:`recursive_attack` unrolls Eq. 5
-
-    δ(0) = 0,  δ(t+1) = clip(δ(t) + ε_step · g_φ(x, y, z, δ(t), ĝ(t)), −ε, ε),
-    x_adv(t+1) = clip(x + δ(t+1), 0, 1),
-
-with ĝ(t) the classifier's input gradient at x_adv(t), recomputed at every step.
-The L2L* baseline (Chen et al.) is the same U-Net on [x, ∇L(x)] without z, y or δ.
+Images are in [0, 1] pixel space (normalisation lives inside the classifier). The generator
+g_φ(x, y, z, δ, ĝ) is a small U-Net with class-conditional batch norm and z fed through an
+MLP; the L2L* baseline (Chen et al.) is the same U-Net on [x, ∇L(x)] without z, y or δ.
+The recursion that runs them is :mod:`trainable.generators.rollout` (Eq. 5).
 """
 from __future__ import annotations
 
