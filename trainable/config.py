@@ -55,6 +55,7 @@ def __getattr__(name: str) -> Any:
         "GENERATOR_DEFENSES": lambda: tuple(n for n, e in DEFENSES.items() if e.generator is not None),
         "DATASET_DEFAULTS": lambda: {n: {"eps": e.eps, "lam": e.lam, "model": e.model} for n, e in DATASETS.items()},
         "DEFENSE_CLF_GRAD_CLIP": lambda: {n: e.clf_grad_clip for n, e in DEFENSES.items()},
+        "DEFENSE_LR_DECAY_AT": lambda: {n: e.lr_decay_at for n, e in DEFENSES.items()},
     }
     if name in views:
         return views[name]()
@@ -111,7 +112,7 @@ class TrialConfig:
     gen_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-5
-    lr_decay_at: float | None = 0.5  # classifier LR ×0.1 at this fraction of `iterations`; None → no decay
+    lr_decay_at: float | str | None = "auto"  # classifier LR ×0.1 at this fraction of `iterations`; None → no decay; auto → per defense
     grad_clip: float = 1.0  # grad-norm clip of the generator's (and generator attackers') steps
     clf_grad_clip: float | None = None  # classifier's clip in the training phase; None → per defense, 0 → none
     seed: int = 0
@@ -174,7 +175,7 @@ class TrialConfig:
 
     # --------------------------------------------------------------- derived
     def resolved(self) -> TrialConfig:
-        """Fill the dataset and defense defaults (model, ε, λ, augmentation, classifier clip); idempotent."""
+        """Fill the dataset and defense defaults (model, ε, λ, augmentation, classifier clip, LR schedule); idempotent."""
         dd = _dataset(self.dataset)
         return dataclasses.replace(
             self,
@@ -183,6 +184,7 @@ class TrialConfig:
             lam=self.lam if self.lam is not None else dd.lam,
             augment=self.augment_value,
             clf_grad_clip=self.clf_grad_clip_value,
+            lr_decay_at=self.lr_decay_at_value,
         )
 
     @property
@@ -200,6 +202,15 @@ class TrialConfig:
         from trainable.defenses.registry import DEFENSES
 
         return DEFENSES[self.defense].clf_grad_clip
+
+    @property
+    def lr_decay_at_value(self) -> float | None:
+        """Fraction of the adversarial iterations after which the classifier LR is ×0.1 (None: never)."""
+        if self.lr_decay_at == "auto":
+            from trainable.defenses.registry import DEFENSES
+
+            return DEFENSES[self.defense].lr_decay_at
+        return self.lr_decay_at
 
     @property
     def eps_value(self) -> float:
@@ -259,7 +270,7 @@ class TrialConfig:
             need(v > 0 and math.isfinite(v), k, f"must be > 0, got {v}")
         need(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        if self.lr_decay_at is not None:
+        if self.lr_decay_at is not None and self.lr_decay_at != "auto":
             need(0 <= self.lr_decay_at <= 1, "lr_decay_at", f"must be in [0, 1] or null (no decay), got {self.lr_decay_at}")
         need(self.grad_clip > 0 and math.isfinite(self.grad_clip), "grad_clip", f"must be > 0, got {self.grad_clip}")
         if self.clf_grad_clip is not None:
@@ -302,6 +313,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {quote(value)}")
         return tuple(_coerce(key, v, args[0]) for v in value)
+    if key == "lr_decay_at" and value == "auto":
+        return value
     if key == "augment":
         if isinstance(value, bool) or value == "auto":
             return value

@@ -44,7 +44,7 @@ from trainable.models.classifiers import build_classifier
 SURROGATES = {"A": "plain", "B": "fgsm_at", "C": "pgd10_at"}
 TRANSFER_ATTACKS = ("pgd10", "pgd100", "l2lda")
 SURROGATE_SEED_OFFSET = 7919
-CACHE_FORMAT = 2  # 2: per-defense augmentation and classifier clip
+CACHE_FORMAT = 3  # 2: per-defense augmentation and classifier clip; 3: per-defense LR schedule
 # Training-config keys that change a surrogate's weights (the cache key).
 _KEY_FIELDS = ("dataset", "model", "defense", "seed", "eps", "eps_step_frac", "warmup", "iterations", "batch_size",
                "lr", "momentum", "weight_decay", "lr_decay_at", "grad_clip", "augment", "clf_grad_clip")
@@ -55,8 +55,8 @@ AttackFn = Callable[..., Tensor]
 def surrogate_config(cfg: TrialConfig, defense: str) -> TrialConfig:
     """The TrialConfig that trains surrogate `defense` for trial `cfg` (natural-only evaluation).
 
-    A surrogate is a baseline trained as its source trains it: its own augmentation and
-    classifier clip (docs/method.md), whatever the target trial used.
+    A surrogate is a baseline trained as its source trains it: its own augmentation,
+    classifier clip and LR schedule (docs/method.md), whatever the target trial used.
     """
     cfg = cfg.resolved()
     iterations = cfg.transfer_iterations if cfg.transfer_iterations > 0 else cfg.iterations
@@ -70,6 +70,7 @@ def surrogate_config(cfg: TrialConfig, defense: str) -> TrialConfig:
         steps_per_report=max(1, min(cfg.steps_per_report, 1000)),
         augment="auto",
         clf_grad_clip=None,
+        lr_decay_at="auto",
     ).resolved()
 
 

@@ -74,9 +74,10 @@ class Experiment:
 
     def lr_at(self, it: int) -> float:
         """Classifier LR at iteration `it`: ×0.1 from `lr_decay_at` of the adversarial iterations on (None: never)."""
-        if self.cfg.lr_decay_at is None or self.cfg.iterations == 0:
+        frac = self.cfg.lr_decay_at_value
+        if frac is None or self.cfg.iterations == 0:
             return self.cfg.lr
-        decay_at = self.cfg.warmup + self.cfg.lr_decay_at * self.cfg.iterations
+        decay_at = self.cfg.warmup + frac * self.cfg.iterations
         return self.cfg.lr * (0.1 if it >= decay_at else 1.0)
 
     def clip_at(self, it: int) -> float:

@@ -1,0 +1,51 @@
+"""Per-defense training defaults follow their sources (docs/method.md, "Defaults and their sources")."""
+import pytest
+
+from trainable.config import ConfigError, TrialConfig
+from trainable.runner import Experiment
+
+BASELINES = ("plain", "fgsm_at", "pgd10_at", "pgd100_at", "cw100_at")
+OWN_METHOD = ("l2lda", "l2l_star")
+
+
+@pytest.mark.parametrize("defense", BASELINES + OWN_METHOD)
+def test_resolved_pipeline_per_defense_on_mnist(defense):
+    r = TrialConfig.from_dict({"dataset": "mnist5k", "defense": defense}).resolved()
+    own = defense in OWN_METHOD
+    assert r.augment is own  # authors' L2L-DA loader crops; mister_ed / Madry do not
+    assert r.clf_grad_clip == (1.0 if own else 0.0)
+    assert r.lr_decay_at == (0.5 if own else None)  # authors' StepLR at half; mister_ed constant
+    assert r.resolved() == r  # idempotent
+
+
+def test_cifar10_augments_every_defense():
+    for d in BASELINES + OWN_METHOD:
+        assert TrialConfig.from_dict({"dataset": "cifar10", "defense": d}).resolved().augment is True
+
+
+def test_explicit_values_override_the_defense_default():
+    r = TrialConfig.from_dict({"defense": "pgd10_at", "lr_decay_at": 0.25, "augment": True, "clf_grad_clip": 2.0}).resolved()
+    assert (r.lr_decay_at, r.augment, r.clf_grad_clip) == (0.25, True, 2.0)
+    assert TrialConfig.from_dict({"defense": "l2lda", "lr_decay_at": None}).resolved().lr_decay_at is None
+
+
+@pytest.mark.parametrize("bad", ["soon", 1.5, -0.1, True])
+def test_bad_lr_decay_at_is_a_one_line_error(bad):
+    with pytest.raises(ConfigError, match="lr_decay_at") as err:
+        TrialConfig.from_dict({"lr_decay_at": bad})
+    assert "\n" not in str(err.value)
+
+
+def _exp(defense, **kw):
+    cfg = TrialConfig.from_dict({"dataset": "mnist5k", "defense": defense, "warmup": 100, "iterations": 1000,
+                                 "threads": 1, "test_subset": 10, "val_subset": 10, **kw})
+    return Experiment(cfg, log=lambda *a: None, use_cache=False)
+
+
+def test_schedule_and_clip_as_the_training_loop_applies_them():
+    own = _exp("l2lda", gen_width=4, T=1)
+    assert [own.lr_at(i) for i in (0, 599, 600)] == pytest.approx([0.01, 0.01, 0.001])
+    assert (own.clip_at(99), own.clip_at(100)) == (0.0, 1.0)  # the clean warm-up never clips
+    base = _exp("pgd10_at")
+    assert {base.lr_at(i) for i in (0, 600, 1099)} == {0.01}
+    assert (base.clip_at(99), base.clip_at(100)) == (0.0, 0.0)
