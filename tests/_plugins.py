@@ -9,7 +9,9 @@ offline, and without changing the environment the tests run in.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import tomllib
@@ -22,6 +24,7 @@ def use_plugin(source: Path = PLUGIN) -> Path:
     """Make `source` (a folder with pyproject.toml and its module) an installed plug-in; returns the dist-info."""
     project = tomllib.loads((source / "pyproject.toml").read_text())["project"]
     site = Path(tempfile.mkdtemp(prefix="l2lda-plugin-"))
+    atexit.register(shutil.rmtree, site, True)  # gone with the test session
     info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")

@@ -20,6 +20,9 @@ class DatasetMissingError(FileNotFoundError):
     """The dataset's files are not where we looked; the message says how to fetch them."""
 
 
+DatasetMissingError.__module__ = "trainable.data"  # the path failure_reason tags name (the package face)
+
+
 @dataclass
 class DataSplits:
     """Tensors in [0, 1], NCHW float32, labels int64, all on one device."""

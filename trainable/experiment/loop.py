@@ -34,6 +34,11 @@ class DivergenceError(FloatingPointError):
     """Training produced a non-finite loss; the trial must stop (status ERROR, reason tagged)."""
 
 
+# Errors keep the import path they had when runs started recording them: a trial's failure_reason
+# tag is the traceback's last line ("trainable.runner.DivergenceError: …"), which users filter on.
+DivergenceError.__module__ = "trainable.runner"
+
+
 class Experiment:
     """One trial: build from a config, train, validate, evaluate, checkpoint."""
 

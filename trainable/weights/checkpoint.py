@@ -27,6 +27,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint or export cannot be used; the message is one line naming the file and why."""
 
 
+CheckpointError.__module__ = "trainable.checkpoint"  # the path failure_reason tags name (trainable/_moved.py)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
