@@ -487,7 +487,8 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
            "`cw100`/`cw1000` are ℓ∞ PGD on the C&W margin loss (κ = 0, step ε/12, keep-best), not the paper's "
            "C&W optimisation attack (mister_ed: Adam, soft ℓ∞ penalty, binary search): not directly comparable "
            "with the paper's C&W column. `min` is the paper's lowest white-box column; `autoattack` is our "
-           "standard cascade APGD-CE → APGD-T → FAB-T → Square, each on the survivors.", ""]
+           "standard cascade APGD-CE → APGD-T → FAB-T → Square: a point counts only if no stage fools it "
+           "(each stage run as its own column, so the columns already in the matrix are reused).", ""]
     note = pipeline_note(rows)
     md += [note, ""] if note else []
     written["tables"]["table2"] = _write_parquet(cells2, out / "table2.parquet", "table2")

@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from trainable.attacks import ATTACKS, preserve_mode
+from trainable.autoattack import CASCADE as AUTOATTACK_CASCADE
 
 # Columns whose preparation lives in a later module: name → (module, factory).
 # A factory has the signature  prepare(model, ctx) -> list[(metric_name, attack_fn, budget)].
@@ -43,6 +44,11 @@ COLUMN_KINDS = {
     "apgd_ce": "parameter_free", "apgd_t": "parameter_free", "fab_t": "parameter_free", "square": "gradient_free",
     "autoattack": "parameter_free", "transfer": "transfer",
 }
+
+
+# Columns whose per-example result is the worst case over other columns ("stages"), each run
+# exactly as its own column would be (docs/method.md §Evaluation).
+COMPOSITE_COLUMNS: dict[str, tuple[str, ...]] = {"autoattack": AUTOATTACK_CASCADE}
 
 
 def known_columns() -> list[str]:
@@ -139,13 +145,51 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
         return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
+@dataclass
+class _Run:
+    """One sub-column's outcome: per-example correctness on all n points, budget, sanity checks, seconds."""
+
+    correct: np.ndarray
+    budget: dict
+    check: dict
+    seconds: float
+
+
+def _run_attack(model: nn.Module, x: Tensor, y: Tensor, ok_idx: Tensor, name: str, fn: Callable[..., Tensor],
+                budget: dict, *, eps: float, seed: int, batch_size: int) -> _Run:
+    """Run one sub-column on the clean-correct points `ok_idx`, batch by batch, with its own seeded
+    generator: the outcome depends only on (model, points, name, seed, batch size), never on which
+    other columns ran before it (docs/method.md §Evaluation)."""
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(_column_seed(seed, name))
+    vec = torch.zeros(len(y), dtype=torch.bool, device=x.device)
+    max_dev, out_of_range, nan = 0.0, False, False
+    with preserve_mode(model, False):
+        for i in range(0, len(ok_idx), batch_size):
+            idx = ok_idx[i:i + batch_size]
+            xb, yb = x[idx], y[idx]
+            x_adv = fn(model, xb, yb, eps=eps, generator=gen).detach()
+            with torch.no_grad():
+                vec[idx] = model(x_adv).argmax(1) == yb
+                max_dev = max(max_dev, float((x_adv - xb).abs().amax()) if len(idx) else 0.0)
+                out_of_range |= bool((x_adv < 0).any() or (x_adv > 1).any())
+                nan |= bool(torch.isnan(x_adv).any())
+    check = {"max_linf": max_dev, "in_ball": max_dev <= eps + 1e-6, "in_range": not out_of_range, "finite": not nan}
+    return _Run(vec.cpu().numpy(), budget, check, time.perf_counter() - t0)
+
+
 def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[str, ...] | list[str],
                       eps: float, ctx: EvalContext, indices: np.ndarray | None = None,
                       batch_size: int = 500, masking: bool = True) -> MatrixResult:
     """Accuracy of `model` under each column on (x, y); x in [0, 1]. Sanity checks are code:
     every x_adv is checked to lie in the ε-ball and [0, 1] and to be free of NaN, and the
     gradient-masking flags of :mod:`trainable.checks` are computed (``masking=False`` skips
-    them and the ε-curve: cheap validation matrices)."""
+    them and the ε-curve: cheap validation matrices).
+
+    Composite columns (``autoattack``) are the worst case per example over their stage
+    columns; a stage that is also a column of this matrix runs once and serves both, so the
+    matrix does no attack twice and the composite's per-example result is the same with or
+    without those columns (docs/method.md §Evaluation)."""
     t0 = time.perf_counter()
     n = len(y)
     correct: dict[str, np.ndarray] = {}
@@ -155,32 +199,51 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
     ok_idx = clean_ok.nonzero().squeeze(1)
     budgets: dict[str, Any] = {}
     checks: dict[str, Any] = {}
+    runs: dict[str, _Run] = {}  # every sub-column run so far, stages of composites included
+    done: dict[str, list[str]] = {}  # column → its sub-column names, once prepared and run
+    composites: dict[str, dict[str, list[str]]] = {}
+
+    def run_column(col: str) -> list[str]:
+        names = []
+        for name, fn, budget in prepare_column(col, model, ctx):
+            runs[name] = _run_attack(model, x, y, ok_idx, name, fn, budget, eps=eps, seed=ctx.seed,
+                                     batch_size=batch_size)
+            ctx.log(f"matrix: {name} = {runs[name].correct.mean():.4f} ({runs[name].seconds:.1f}s)")
+            names.append(name)
+        done[col] = names
+        return names
+
     for col in columns:
         if col == "natural":
             continue
         t1 = time.perf_counter()
-        ctx.log(f"matrix: preparing {col}")
-        for name, fn, budget in prepare_column(col, model, ctx):
-            t2 = time.perf_counter()
-            gen = torch.Generator().manual_seed(_column_seed(ctx.seed, name))
-            vec = torch.zeros(n, dtype=torch.bool, device=x.device)
-            max_dev, out_of_range, nan = 0.0, False, False
-            with preserve_mode(model, False):
-                for i in range(0, len(ok_idx), batch_size):
-                    idx = ok_idx[i:i + batch_size]
-                    xb, yb = x[idx], y[idx]
-                    x_adv = fn(model, xb, yb, eps=eps, generator=gen).detach()
-                    with torch.no_grad():
-                        vec[idx] = model(x_adv).argmax(1) == yb
-                        max_dev = max(max_dev, float((x_adv - xb).abs().amax()) if len(idx) else 0.0)
-                        out_of_range |= bool((x_adv < 0).any() or (x_adv > 1).any())
-                        nan |= bool(torch.isnan(x_adv).any())
-            correct[name] = vec.cpu().numpy()
-            budgets[name] = budget
-            checks[name] = {"max_linf": max_dev, "in_ball": max_dev <= eps + 1e-6,
-                            "in_range": not out_of_range, "finite": not nan}
-            timings[name] = time.perf_counter() - t2
-            ctx.log(f"matrix: {name} = {correct[name].mean():.4f} ({timings[name]:.1f}s)")
+        if col in COMPOSITE_COLUMNS:
+            stages = COMPOSITE_COLUMNS[col]
+            reused = [s for s in stages if s in done]
+            for s in stages:
+                if s not in done:
+                    ctx.log(f"matrix: preparing {s} (stage of {col})")
+                    run_column(s)
+            parts = [runs[nm] for s in stages for nm in done[s]]
+            vec = np.logical_and.reduce([r.correct for r in parts])
+            correct[col] = vec
+            budgets[col] = {"cascade": list(stages), "per_example": "worst case over the stage columns",
+                            "stages": {s: runs[nm].budget for s in stages for nm in done[s]}}
+            checks[col] = {"max_linf": max(r.check["max_linf"] for r in parts),
+                           **{k: all(r.check[k] for r in parts) for k in ("in_ball", "in_range", "finite")}}
+            composites[col] = {"stages": list(stages), "reused": reused}
+            timings[col] = time.perf_counter() - t1  # the stages this column had to run itself
+            ctx.log(f"matrix: {col} = {vec.mean():.4f} ({timings[col]:.1f}s"
+                    + (f"; reused {', '.join(reused)})" if reused else ")"))
+        else:
+            if col in done:
+                ctx.log(f"matrix: {col} already ran as a stage")
+            else:
+                ctx.log(f"matrix: preparing {col}")
+                run_column(col)
+            for name in done[col]:
+                r = runs[name]
+                correct[name], budgets[name], checks[name], timings[name] = r.correct, r.budget, dict(r.check), r.seconds
         timings[f"column/{col}"] = time.perf_counter() - t1  # preparation (generator training) + runs
     metrics = summarize(correct)
     checks["perturbation_ok"] = all(c["in_ball"] and c["in_range"] and c["finite"]
@@ -195,6 +258,8 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
         "test_indices": (indices if indices is not None else np.arange(n)).tolist(),
         "seed": ctx.seed,
     }
+    if composites:
+        profile["composites"] = composites
     result = MatrixResult(metrics, correct, indices if indices is not None else np.arange(n), profile, checks, timings)
     if masking:
         from trainable.checks import EPS_CURVE_STEPS, eps_curve, masking_flags
