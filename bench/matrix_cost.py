@@ -17,6 +17,7 @@ the column cost before it reused the other columns.
 
     python bench/matrix_cost.py [--part floor|distinct|both] [--threads 1] [--n 1000]
     python bench/matrix_cost.py --part distinct --n 100 --square-queries 100 --iterations 300   # small
+    python bench/matrix_cost.py --part distinct --repeats 3   # the figure: 1000 points, Square 5000
 """
 from __future__ import annotations
 
@@ -105,18 +106,25 @@ def distinct_part(exp, x, y, args) -> None:
     clf = exp.classifier
     print(f"[distinct] matrix {columns} on {len(y)} points, batch {args.batch}, Square {args.square_queries} "
           f"queries; distinct attacks {tuple(distinct)}")
-    t = time.perf_counter()
-    res = robustness_matrix(clf, x, y, columns=("natural", *columns), eps=exp.cfg.eps, ctx=ctx,
-                            batch_size=args.batch, masking=False)
-    wall = time.perf_counter() - t
-    alone: dict[str, float] = {}
-    for col in distinct:
+    # Rounds alternate the whole matrix and the attacks alone, so load drift hits both sides;
+    # medians over rounds.
+    walls: list[float] = []
+    alone_runs: dict[str, list[float]] = {c: [] for c in distinct}
+    for _ in range(args.repeats):
         t = time.perf_counter()
-        robustness_matrix(clf, x, y, columns=("natural", col), eps=exp.cfg.eps, ctx=ctx, batch_size=args.batch,
-                          masking=False)
-        alone[col] = time.perf_counter() - t
+        res = robustness_matrix(clf, x, y, columns=("natural", *columns), eps=exp.cfg.eps, ctx=ctx,
+                                batch_size=args.batch, masking=False)
+        walls.append(time.perf_counter() - t)
+        for col in distinct:
+            t = time.perf_counter()
+            robustness_matrix(clf, x, y, columns=("natural", col), eps=exp.cfg.eps, ctx=ctx, batch_size=args.batch,
+                              masking=False)
+            alone_runs[col].append(time.perf_counter() - t)
+    wall = statistics.median(walls)
+    alone = {c: statistics.median(v) for c, v in alone_runs.items()}
     total = sum(alone.values())
     print("accuracies: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in res.metrics.items()))
+    print(f"medians over {args.repeats} round{'s' if args.repeats != 1 else ''}; in-matrix times from the last round")
     print(f"{'attack':<12} {'alone s':>9} {'in matrix s':>12}")
     for col in distinct:
         print(f"{col:<12} {alone[col]:>9.2f} {res.timings.get(f'column/{col}', float('nan')):>12.2f}")
@@ -149,6 +157,7 @@ def main() -> None:
     ap.add_argument("--columns", default=",".join(FULL_COLUMNS), help="[distinct] the matrix's columns")
     ap.add_argument("--square-queries", type=int, default=PROFILES["full"]["square_queries"],
                     help="[distinct] Square's queries (default: the full evaluation profile's)")
+    ap.add_argument("--repeats", type=int, default=1, help="[distinct] alternating rounds (medians)")
     ap.add_argument("--gen-attack-steps", type=int, default=100,
                     help="[distinct] training steps of generator columns, if --columns names any")
     args = ap.parse_args()
