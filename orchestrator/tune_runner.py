@@ -338,7 +338,7 @@ def trainable_with_resources(study: Study) -> Any:
 
 
 def progress_reporter(study: Study) -> Any:
-    from ray.tune import CLIReporter
+    from orchestrator.progress import MatrixCLIReporter as CLIReporter
 
     metrics = {"training_iteration": "step", "iteration": "iter"}
     for m in [*study.metrics, "val/natural", "val/worst"]:
@@ -703,6 +703,9 @@ def run_study(study: Study, *, name: str, storage: str, tracking_uri: str, addre
         with stop:
             started = init_ray(address, say)
             stop.reinstall()
+            from trainable.trainable import progress_board
+
+            board = progress_board(create=True)  # noqa: F841 - held so the named actor lives through the sweep
             if address:
                 wait_for_placement(study, address, placement_timeout, say)
             from ray import tune
