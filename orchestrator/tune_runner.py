@@ -338,7 +338,7 @@ def trainable_with_resources(study: Study) -> Any:
 
 
 def progress_reporter(study: Study) -> Any:
-    from ray.tune import CLIReporter
+    from orchestrator.progress import MatrixCLIReporter as CLIReporter
 
     metrics = {"training_iteration": "step", "iteration": "iter"}
     for m in [*study.metrics, "val/natural", "val/worst"]:
@@ -703,6 +703,9 @@ def run_study(study: Study, *, name: str, storage: str, tracking_uri: str, addre
         with stop:
             started = init_ray(address, say)
             stop.reinstall()
+            from trainable.trainable import progress_board
+
+            board = progress_board(create=True)  # noqa: F841 - held so the named actor lives through the sweep
             if address:
                 wait_for_placement(study, address, placement_timeout, say)
             from ray import tune
@@ -902,8 +905,9 @@ _TEST_SIZE = {"mnist5k": 1000, "mnist": 10000, "fashion_mnist": 10000, "cifar10"
 # One input-gradient step of one LeNet-5 example on one CPU thread (docs/reliability.md: 18 ms
 # per 100 images); a forward pass alone costs about a third of it.
 _GRAD_MS = 0.18
-# Input-gradient steps per test example of the columns outside the PGD family.
-_COLUMN_STEPS = {"natural": 0.3, "apgd_ce": 100, "apgd_t": 900, "autoattack": 2000}
+# Input-gradient steps per test example of the columns outside the PGD family (APGD-T and
+# FAB-T: 9 targets × 100 iterations on the points no earlier target fooled).
+_COLUMN_STEPS = {"natural": 0.3, "apgd_ce": 100, "apgd_t": 900, "fab_t": 900}
 
 
 def _costly_config(study: Study, shown: Mapping[str, Any]) -> Any:
@@ -934,20 +938,22 @@ def estimate_trial_s(cfg: Any, gpu: float) -> tuple[float, float, float]:
     model = _MODEL_FACTOR.get(cfg.model_name, 1.0) / (_GPU_SPEEDUP if gpu > 0 else 1.0)
     grad_ms = _GRAD_MS * model
 
-    def steps(col: str) -> float:
+    def steps(col: str, columns: tuple[str, ...]) -> float:
         if col in ATTACKS:
             return float(ATTACKS[col][1].get("steps", 1))
         if col == "square":
             return 0.3 * cfg.square_queries
-        if col == "autoattack":
-            return _COLUMN_STEPS["autoattack"] + 0.3 * cfg.square_queries
+        if col == "autoattack":  # its stages, less those the matrix runs as columns (docs/method.md §Evaluation)
+            from trainable.autoattack import CASCADE
+
+            return sum(steps(s, columns) for s in CASCADE if s not in columns)
         return float(_COLUMN_STEPS.get(col, 0.0))
 
     reports = max(1, math.ceil(cfg.total_iterations / cfg.steps_per_report))
-    val = reports * cfg.val_subset * sum(steps(c) for c in cfg.val_columns if c in ATTACKS or c in _COLUMN_STEPS) \
+    val = reports * cfg.val_subset * sum(steps(c, cfg.val_columns) for c in cfg.val_columns) \
         * grad_ms / 1000
     n_test = cfg.test_subset or _TEST_SIZE.get(cfg.dataset, 10000)
-    matrix = n_test * sum(steps(c) for c in cfg.eval_columns) * grad_ms / 1000
+    matrix = n_test * sum(steps(c, cfg.eval_columns) for c in cfg.eval_columns) * grad_ms / 1000
     gen_cols = [c for c in cfg.eval_columns if c in ("l2lda", "advgan", "gap")]
     if gen_cols:  # each trains a generator against the frozen classifier, then draws samples
         gen_cfg = {**d, "defense": "l2lda", "gen_width": cfg.gen_attack_width or cfg.gen_width}
