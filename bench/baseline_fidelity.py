@@ -47,7 +47,7 @@ def textbook_pgd(model, x, y, eps: float, step: float, steps: int, gen: torch.Ge
 
 def textbook_run(clean: int, adv: int, seed: int = 0):
     data = load_dataset("mnist5k")
-    torch.manual_seed(seed)  # the same initialisation as the tool's trial (seed 0)
+    torch.manual_seed(seed)  # the same initialisation as the tool's trial
     model = build_classifier("lenet5", "mnist5k", 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
     gen = torch.Generator().manual_seed(seed + 100)
@@ -75,10 +75,10 @@ def textbook_run(clean: int, adv: int, seed: int = 0):
     return model, time.perf_counter() - t0
 
 
-def tool_run(clean: int, adv: int, cache_dir: str):
+def tool_run(clean: int, adv: int, cache_dir: str, seed: int = 0):
     cfg = TrialConfig.from_dict({"dataset": "mnist5k", "defense": "pgd10_at", "warmup": clean, "iterations": adv,
                                  "batch_size": 100, "threads": 1, "steps_per_report": 500, "cache_dir": cache_dir,
-                                 "test_subset": 0})
+                                 "test_subset": 0, "seed": seed})
     exp = Experiment(cfg, log=print, use_cache=False)
     t0 = time.perf_counter()
     while not exp.done:
@@ -101,14 +101,15 @@ def main() -> None:
     ap.add_argument("--clean", type=int, default=300)
     ap.add_argument("--adv", type=int, default=3000)
     ap.add_argument("--cache-dir", default=".cache/l2lda-tune")
+    ap.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed of both runs")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    exp, t_tool = tool_run(args.clean, args.adv, args.cache_dir)
-    tb_model, t_tb = textbook_run(args.clean, args.adv)
+    exp, t_tool = tool_run(args.clean, args.adv, args.cache_dir, args.seed)
+    tb_model, t_tb = textbook_run(args.clean, args.adv, args.seed)
     rows = {"tool defaults": (evaluate(exp.classifier, exp), t_tool), "textbook loop": (evaluate(tb_model, exp), t_tb)}
     r = exp.cfg
     print(f"\nPGD10-AT, LeNet-5, mnist5k, {args.clean} clean + {args.adv} adversarial iterations, batch 100, "
-          f"{len(exp.test_idx)} test points, load {os.getloadavg()[0]:.2f}")
+          f"{len(exp.test_idx)} test points, seed {args.seed}, load {os.getloadavg()[0]:.2f}")
     print(f"tool resolved: augment={r.augment} clf_grad_clip={r.clf_grad_clip} lr_decay_at={r.lr_decay_at}")
     print(f"| run | natural | pgd10 | pgd100 | training s |\n|---|---|---|---|---|")
     for name, (acc, t) in rows.items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -126,10 +127,27 @@ def _new_figure(w: float, h: float):
     return Figure(figsize=(w, h), dpi=100, layout="constrained")
 
 
+# Ray Tune's generated trial names (<Trainable>_<5 hex>_<5 digits>) say nothing to a reader.
+_RAY_TRIAL_NAME = re.compile(r"^\w+_[0-9a-f]{5}_\d{5}$")
+
+
+def matrix_title(matrix: Mapping[str, Any], title: str = "") -> str:
+    """What a matrix figure is of: the defense and dataset from its profile, then `title`
+    unless that is only a Ray trial name (the run name says more; the trial id is a tag)."""
+    prof = matrix.get("profile", {}) or {}
+    defense = (prof.get("training") or {}).get("defense") or prof.get("defense")
+    head = " on ".join(str(v) for v in (defense, prof.get("dataset")) if v)
+    if title and not _RAY_TRIAL_NAME.match(title) and title not in head:
+        return f"{head} · {title}" if head else title
+    return head or title
+
+
 def write_matrix_heatmap(matrix: Mapping[str, Any], path: str | os.PathLike, title: str = "") -> Path:
     """Per-example correctness (rows: attack columns, columns: test examples sorted from most
-    to least robust; green = correct). The row labels carry each column's accuracy."""
+    to least robust; green = correct). The row labels carry each column's accuracy; the title
+    names the defense (matrix_title)."""
     _check_matrix(matrix)
+    title = matrix_title(matrix, title)
     names = list(matrix["correct"])
     grid = np.stack([np.asarray(matrix["correct"][c], dtype=float) for c in names]) if names else np.zeros((0, 0))
     order = np.argsort(-grid.sum(0), kind="stable") if grid.size else np.arange(0)
@@ -160,34 +178,53 @@ def render_matrix(matrix: Mapping[str, Any], directory: str | os.PathLike, title
 # ------------------------------------------------------------------ curves
 def write_curves(history: Mapping[str, Sequence[tuple[int, float]]], path: str | os.PathLike,
                  title: str = "") -> Path:
-    """Loss-vs-step curves: train losses (left) and validation accuracies (right).
+    """loss_curves.png from curves_figure."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    curves_figure(history, title).savefig(p)
+    return p
 
-    `history` maps metric keys to (step, value) pairs, step = Tune's training_iteration."""
-    groups = [("train", [k for k in history if k.startswith("train/") and ("loss" in k or k.startswith("train/acc"))]),
-              ("validation", [k for k in history if k.startswith(("val/", "eval/"))])]
-    groups = [(g, sorted(ks)) for g, ks in groups if ks]
+
+def curves_figure(history: Mapping[str, Sequence[tuple[int, float]]], title: str = ""):
+    """Curves per Tune report: losses on one axis, accuracies (train and validation) on their own.
+
+    `history` maps metric keys to (step, value) pairs, step = Tune's training_iteration. Lines
+    that coincide stay visible: each has its own line style and marker, and `val/worst` (often
+    equal to the strongest validation attack) is drawn first, wide and pale, under the others."""
+    losses = sorted(k for k in history if k.startswith("train/") and "loss" in k)
+    accs = sorted((k for k in history if k.startswith(("train/acc", "val/", "eval/"))),
+                  key=lambda k: (k != "val/worst", k))
+    groups = [(g, ks) for g, ks in (("losses", losses), ("accuracies", accs)) if ks]
     fig = _new_figure(5.5 * max(len(groups), 1), 3.8)
     if not groups:
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no train/ or val/ metrics recorded", ha="center", va="center")
         ax.set_axis_off()
+    styles = ("-", "--", "-.", ":")
+    markers = ("o", "s", "^", "v", "D", "x")
     for i, (label, keys) in enumerate(groups):
         ax = fig.add_subplot(1, len(groups), i + 1)
-        for k in keys:
+        for j, k in enumerate(keys):
             pts = sorted((int(s), float(v)) for s, v in history[k])
-            if pts:
-                ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o" if len(pts) < 30 else None,
-                        markersize=3, label=k)
+            if not pts:
+                continue
+            few = len(pts) < 30
+            if k == "val/worst":
+                kw = dict(linewidth=5, alpha=0.35, color="black", zorder=1)
+            else:
+                kw = dict(linewidth=1.4, linestyle=styles[j % len(styles)], zorder=2 + j,
+                          marker=markers[j % len(markers)] if few else None, markersize=4, markerfacecolor="none")
+            ax.plot([s for s, _ in pts], [v for _, v in pts], label=k, **kw)
         ax.set_xlabel("training_iteration (Tune reports)")
+        ax.set_ylabel("loss" if label == "losses" else "accuracy")
+        if label == "accuracies":
+            ax.set_ylim(-0.02, 1.02)
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p)
-    return p
+    return fig
 
 
 # ------------------------------------------------------------ sweep table
@@ -274,6 +311,20 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[int]:
 
 def write_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, x: str = "matrix/natural",
                  y: str = "matrix/worst", label: str = "trial_name", title: str = "") -> Path:
+    """pareto.png from pareto_figure."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    pareto_figure(rows, x, y, label, title).savefig(p)
+    return p
+
+
+def _short(name: str, limit: int = 40) -> str:
+    """A label whole when it fits, else its start and end around an ellipsis (never cut blind)."""
+    return name if len(name) <= limit else f"{name[:limit // 2 - 1]}…{name[-(limit // 2):]}"
+
+
+def pareto_figure(rows: Sequence[Mapping[str, Any]], x: str = "matrix/natural", y: str = "matrix/worst",
+                  label: str = "trial_name", title: str = ""):
     """Natural vs worst-case test accuracy of every trial, the Pareto front joined by a line."""
     pts, names = [], []
     for r in rows:
@@ -289,16 +340,23 @@ def write_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, x: 
         front = sorted(pareto_front(pts), key=lambda i: pts[i][0])
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="tab:red", marker="o",
                 markersize=5, label="Pareto front")
+        # Labels point inwards (left of points in the right half, below points in the top part)
+        # and the axes leave room for them, so none is cut at the figure's edge.
+        x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
+        x_mid, y_mid = (x_lo + x_hi) / 2, (y_lo + y_hi) / 2
         for i in front:
-            ax.annotate(names[i][-24:], pts[i], fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.legend(fontsize=8)
+            right, top = pts[i][0] > x_mid, pts[i][1] > y_mid
+            ax.annotate(_short(names[i]), pts[i], fontsize=6, textcoords="offset points",
+                        xytext=(-4 if right else 4, -8 if top else 4), ha="right" if right else "left",
+                        va="top" if top else "bottom")
+        pad_x, pad_y = max(0.05, 0.15 * (x_hi - x_lo)), max(0.05, 0.15 * (y_hi - y_lo))
+        ax.set_xlim(x_lo - pad_x, x_hi + pad_x)
+        ax.set_ylim(y_lo - pad_y, y_hi + pad_y)
+        ax.legend(fontsize=8, loc="best")
     else:
         ax.text(0.5, 0.5, f"no trial reported {x} and {y}", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(f"{x} (test accuracy)")
     ax.set_ylabel(f"{y} (test accuracy)")
     ax.grid(alpha=0.3)
     ax.set_title(title or "natural vs worst-case accuracy", fontsize=10)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p)
-    return p
+    return fig

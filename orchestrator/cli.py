@@ -308,12 +308,15 @@ def export_cmd(experiment: str, out: str, metric: str | None, register: str | No
 @click.option("--data-root", default=None, help="Where the torchvision datasets live.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the randomised attacks.")
+@click.option("--threads", type=click.IntRange(min=0), default=None,
+              help="Torch threads (default: this process's CPU share, as trials use: OMP_NUM_THREADS, else the "
+                   "CPU affinity).")
 @click.option("--compare", nargs=2, default=None, metavar="A B",
               help="Evaluate two sources (checkpoints, exports, state dicts) with identical settings on the same "
                    "test points and test the worst-case difference (exact McNemar).")
 def eval_cmd(checkpoint: str | None, export_dir: str | None, profile: str, out: str | None,
              tracking_uri: str | None, dataset: str | None, model: str | None, columns: str | None,
-             test_subset: int | None, data_root: str | None, device: str, seed: int,
+             test_subset: int | None, data_root: str | None, device: str, seed: int, threads: int | None,
              compare: tuple[str, str] | None) -> None:
     """The robustness matrix of a checkpoint, an export or a plain state dict, on the test split."""
     if compare and (checkpoint is not None or export_dir is not None):
@@ -325,7 +328,7 @@ def eval_cmd(checkpoint: str | None, export_dir: str | None, profile: str, out: 
     with user_errors():
         from orchestrator.evaluate import compare_command, eval_command
 
-        extra: dict[str, Any] = {"device": device, "seed": seed}
+        extra: dict[str, Any] = {"device": device, "seed": seed, "threads": threads}
         if dataset is not None:
             extra["dataset"] = dataset
         if model is not None:
@@ -356,18 +359,20 @@ def report_cmd(experiment: str, out: str, tracking_uri: str | None) -> None:
 
 
 @cli.command("figure2")
-@click.option("--checkpoint", required=True, help="An L2L-DA trial checkpoint directory.")
+@click.option("--checkpoint", required=True,
+              help="A trial checkpoint directory, or run:<MLFLOW_RUN_ID> (the trial's latest kept checkpoint).")
 @click.option("--out", required=True, help="Output directory (figure2.json and figure2.png).")
 @click.option("--images", type=click.IntRange(min=1), default=200, show_default=True,
               help="Fixed test images to attack.")
 @click.option("--draws", type=click.IntRange(min=1), default=10, show_default=True, help="Draws per image (PGD restarts, z samples).")
-def figure2_cmd(checkpoint: str, out: str, images: int, draws: int) -> None:
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="MLflow tracking URI (for run:ID).")
+def figure2_cmd(checkpoint: str, out: str, images: int, draws: int, tracking_uri: str | None) -> None:
     """The paper's Figure 2: CE loss per attack iteration of PGD, L2L and L2L-DA (max and std over draws)."""
     check_out_folder(out)
     with user_errors():
         from orchestrator.figures import figure2_command
 
-        figure2_command(checkpoint, out, n_images=images, draws=draws)
+        figure2_command(checkpoint, out, n_images=images, draws=draws, tracking_uri=tracking_uri)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -93,7 +93,9 @@ def load_source(checkpoint: str | None, export: str | None, *, dataset: str = "m
 
 
 def format_table(result: Any, title: str = "") -> str:
-    """The matrix as an aligned text table: column, accuracy with its 95% interval, seconds."""
+    """The matrix as an aligned text table: column, accuracy with its 95% interval, seconds (a
+    generator column's include its attacker's training; a column of several sub-columns, such
+    as transfer, gets a row for its shared training)."""
     from trainable.evaluation import binomial_ci, metric_key
 
     n = len(result.indices)
@@ -103,6 +105,10 @@ def format_table(result: Any, title: str = "") -> str:
         lo, hi = binomial_ci(acc, n)
         rows.append((col, f"{100 * acc:.2f}%", f"[{100 * lo:.1f}, {100 * hi:.1f}]",
                      f"{result.timings.get(col, 0.0):.1f}"))
+    for k, secs in result.timings.items():  # columns of several sub-columns: their shared training
+        col = k.split("/", 1)[1] if k.startswith("prepare/") else None
+        if col and not any(name == col for name in result.correct):
+            rows.append((f"{col} (training)", "", "", f"{secs:.1f}"))
     for k in ("matrix/min", "matrix/worst", "transfer/min"):
         if k in result.metrics:
             acc = result.metrics[k]
@@ -164,11 +170,24 @@ def _matrix(cfg: Any, clf: Any, gen: Any, what: str, profile: str, device: str, 
     return res
 
 
+def use_threads(threads: int | None, log: Callable[[str], None] | None) -> int:
+    """Set torch's intra-op threads: `threads`, or (None/0) this process's CPU share as trials do
+    (OMP_NUM_THREADS if set, else the CPU affinity; docs/architecture.md, resources)."""
+    from trainable.experiment import set_threads
+
+    if threads is not None and threads < 0:
+        raise EvalError(f"--threads {threads}: must be >= 1 (0: this process's CPU share)")
+    n = set_threads(threads or 0)
+    if log:
+        log(f"eval: {n} torch thread{'s' if n != 1 else ''}")
+    return n
+
+
 def eval_command(checkpoint: str | None = None, export: str | None = None, profile: str = "cpu",
                  out: str | os.PathLike | None = None, tracking_uri: str | None = None, *,
                  dataset: str = "mnist5k", model: str | None = None, columns: list[str] | tuple[str, ...] | None = None,
                  test_subset: int | None = None, data_root: str | None = None, device: str = "cpu",
-                 seed: int = 0, log: Callable[[str], None] | None = print):
+                 seed: int = 0, threads: int | None = None, log: Callable[[str], None] | None = print):
     """Compute and print the robustness matrix of a checkpoint / export / state dict on the test split.
 
     `profile` sets the budgets (see PROFILES); `columns` and `test_subset` override the
@@ -176,6 +195,7 @@ def eval_command(checkpoint: str | None = None, export: str | None = None, profi
     Returns the MatrixResult."""
     from orchestrator import artifacts as art
 
+    use_threads(threads, log)
     cfg, clf, gen, what = _configure(checkpoint, export, profile, tracking_uri=tracking_uri, dataset=dataset,
                                      model=model, columns=columns, test_subset=test_subset, data_root=data_root,
                                      device=device, seed=seed)
@@ -236,7 +256,7 @@ def format_comparison(res_a: Any, res_b: Any, test: Any) -> str:
 def compare_command(a: str, b: str, profile: str = "cpu", out: str | os.PathLike | None = None,
                     tracking_uri: str | None = None, *, dataset: str = "mnist5k", model: str | None = None,
                     columns: list[str] | tuple[str, ...] | None = None, test_subset: int | None = None,
-                    data_root: str | None = None, device: str = "cpu", seed: int = 0,
+                    data_root: str | None = None, device: str = "cpu", seed: int = 0, threads: int | None = None,
                     log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """``eval --compare A B``: both sources (anything ``--checkpoint`` takes, export folders
     included) evaluated now with identical settings — profile, columns, ε, attack seed, the
@@ -250,6 +270,7 @@ def compare_command(a: str, b: str, profile: str = "cpu", out: str | os.PathLike
     from orchestrator import artifacts as art
     from orchestrator import stats
 
+    use_threads(threads, log)
     kw = dict(tracking_uri=tracking_uri, dataset=dataset, model=model, columns=columns, test_subset=test_subset,
               data_root=data_root, device=device, seed=seed)
     ca, clf_a, gen_a, what_a = _configure(a, None, profile, **kw)

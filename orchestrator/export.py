@@ -23,7 +23,7 @@ import click
 from orchestrator.store import (ROLE_SWEEP, ROLE_TRIAL, TrackingUnavailable, check_tracking_uri, make_client,
                                 resolve_tracking_uri, search_all, sqlite_path)
 from trainable.weights.checkpoint import CheckpointError
-from trainable.text import quote
+from trainable.text import Clock, quote
 
 
 class ExportError(click.ClickException):
@@ -36,7 +36,9 @@ DEFAULT_METRIC, DEFAULT_MODE = "val/worst", "max"
 
 
 def open_store(tracking_uri: str | None):
-    """(client, uri) for reading a store that must already exist (reading never creates one)."""
+    """(client, uri) for reading a store that must already exist (reading never creates one).
+    Readers print their own progress lines: MLflow's artifact download bars stay off stderr."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     db = sqlite_path(uri) if uri.startswith("sqlite:") else None
@@ -203,10 +205,11 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     if register is not None and not register.strip():
         raise ExportError("--register: empty model name")
     out_dir = check_out_dir(out, force)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    clock = Clock(log, "export")
     client, uri = open_store(tracking_uri)
     exp = find_experiment(client, experiment, uri)
     run, metric, mode = best_run(client, exp, metric, mode)
+    clock.stage(f"best trial run {run.info.run_id} by {metric} ({mode}); loading its checkpoint")
     ckpt = run.data.tags.get("checkpoint_path")
     if not ckpt:
         raise CheckpointError(f"run {run.info.run_id}: no checkpoint_path tag (the trial saved no checkpoint)")
@@ -216,6 +219,7 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     if not Path(ckpt).is_dir():
         raise CheckpointError(f"run {run.info.run_id}: checkpoint {ckpt} not found (storage moved or deleted?)")
     cfg, clf, gen, meta = load_checkpoint_modules(ckpt)
+    clock.stage("checkpoint loaded; writing the export")
     provenance = {"mlflow": {"tracking_uri": uri, "experiment": experiment, "run_id": run.info.run_id,
                              "trial_id": run.data.tags.get("trial_id"), "metric": metric, "mode": mode,
                              "value": run.data.metrics.get(metric)},
@@ -246,10 +250,13 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     if register:
         from trainable.data.registry import DATASETS
 
+        clock.stage(f"export written; registering the model as {quote(register)}")
         summary["registered"] = register_model(uri, run.info.run_id, clf, register, (1, *DATASETS[cfg.dataset].shape))
     if log:
         log(f"exported run {run.info.run_id} ({metric} = {summary['value']:.4f}, {mode}) to {out_dir}: "
             f"{', '.join(summary['files'])}" + (f"; registered {register} v{summary['registered']}" if register else ""))
+        log(f"export: checkpoint {ckpt} (figure2 takes it, or --checkpoint run:{run.info.run_id}); "
+            f"done in {clock.elapsed:.1f} s")
     return summary
 
 

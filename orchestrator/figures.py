@@ -66,15 +66,23 @@ def save_figure2(data: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Pa
 
 
 def figure2_command(checkpoint: str, out: str, *, n_images: int = 200, draws: int = 10,
-                    log=print) -> list[Path]:
+                    tracking_uri: str | None = None, log=print) -> list[Path]:
     """`l2lda-tune figure2`: Figure 2 of the paper for a trial checkpoint, written under `out`.
 
-    The trial's own generator is used for its method (L2L-DA or L2L*); the missing ones are
-    trained against the frozen classifier for the checkpoint's ``gen_attack_steps``.
+    `checkpoint`: a trial checkpoint directory, or ``run:<MLFLOW_RUN_ID>`` (the run's
+    ``checkpoint_path`` tag, as ``eval`` reads it). The trial's own generator is used for its
+    method (L2L-DA or L2L*); the missing ones are trained against the frozen classifier for
+    the checkpoint's ``gen_attack_steps``.
     """
     from trainable.evaluation.loss_curves import compute_figure2
     from trainable.experiment.loop import Experiment
 
+    if checkpoint.startswith(("run:", "runs:/")):
+        from orchestrator.evaluate import _resolve_run
+
+        checkpoint = _resolve_run(checkpoint, tracking_uri)
+        if log:
+            log(f"figure2: checkpoint {checkpoint}")
     exp = Experiment.from_checkpoint(checkpoint, log=log)
     data = compute_figure2(exp.classifier, exp.cfg, exp.data, generator=exp.defense.generator,
                            n_images=n_images, draws=draws, seed=exp.cfg.seed, log=log)

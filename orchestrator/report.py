@@ -30,7 +30,7 @@ import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from trainable.attacks.registry import table_columns
 from trainable.attacks.transfer import SURROGATES, TRANSFER_ATTACKS
 from trainable.defenses.registry import DEFENSES
 from trainable.evaluation import binomial_ci
-from trainable.text import quote
+from trainable.text import Clock, quote
 
 SUMMARY_COLUMNS = ("min", "worst")  # after the registered columns of Tables 1 and 2
 
@@ -103,13 +103,18 @@ def _matrix_vectors(client: Any, run_id: str, tmp: Path) -> dict | None:
         return None
 
 
-def collect(client: Any, experiment: str) -> list[dict[str, Any]]:
+def collect(client: Any, experiment: str, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """One record per finished trial: params, metrics, test-point count, masking flags, ε-curve,
-    and ``matrix`` — the correctness vectors and test indices for paired comparisons (or None)."""
+    and ``matrix`` — the correctness vectors and test indices for paired comparisons (or None).
+    `log` hears a progress line while the runs' matrices download."""
+    clock = Clock(log, "report")
     runs = _runs(client, experiment)
+    clock.stage(f"{len(runs)} finished trial runs in {quote(experiment)}; downloading their matrices")
     recs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for r in runs:
+        for i, r in enumerate(runs, 1):
+            if i > 1:
+                clock.tick("matrices downloaded", i - 1, len(runs))
             mj = _matrix_json(client, r.info.run_id, Path(tmp))
             metrics = dict(r.data.metrics)
             if not any(k.startswith("matrix/") for k in metrics) and mj.get("metrics"):
@@ -123,6 +128,8 @@ def collect(client: Any, experiment: str) -> list[dict[str, Any]]:
                          "masking": (mj.get("checks", {}) or {}).get("masking", {}),
                          "eps_curve": profile.get("eps_curve") or [],
                          "matrix": _matrix_vectors(client, r.info.run_id, Path(tmp))})
+        if runs:
+            clock.tick("matrices downloaded", len(runs), len(runs))
     return recs
 
 
@@ -464,6 +471,14 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
     # Table 1: the ablation, only when an ablation flag varies among the L2L-DA trials.
     l2l = [r for r in recs if r["params"].get("defense") == "l2lda"]
     varying = [f for f in ABLATION_FLAGS if len({r["params"].get(f) for r in l2l}) > 1]
+    skipped: dict[str, str] = {}
+    if not l2l:
+        skipped["table1"] = "no finished L2L-DA trial (Table 1 ablates L2L-DA's flags)"
+    elif not varying:
+        skipped["table1"] = (f"the {len(l2l)} L2L-DA trial{'s' if len(l2l) != 1 else ''} share every ablation flag "
+                             f"({', '.join(ABLATION_FLAGS)}): nothing to ablate (sweep one, as ablation.yaml does)")
+    if "table1" in skipped:
+        md += ["## Table 1 — ablation of L2L-DA", "", f"Not built: {skipped['table1']}.", ""]
     if l2l and varying:
         def abl(r: Mapping[str, Any]) -> str:
             return " ".join(f"{ABLATION_SHORT[f]}={'✓' if str(r['params'].get(f)).lower() == 'true' else '✗'}"
@@ -490,14 +505,18 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
         paired += p1
     # Table 2: defenses × attacks.
     cells2 = build_table(recs, rows, table_keys("table2"))
+    if not cells2:
+        skipped["table2"] = f"no trial's matrix has any of the columns {', '.join(c for c, _ in table_keys('table2'))}"
     md += ["## Table 2 — white-box, parameter-free and gradient-free attacks", "", markdown_table(cells2), "",
            "`cw100`/`cw1000` are ℓ∞ PGD on the C&W margin loss (κ = 0, step ε/12, keep-best), not the paper's "
            "C&W optimisation attack (mister_ed: Adam, soft ℓ∞ penalty, binary search): not directly comparable "
            "with the paper's C&W column. `min` is the paper's lowest white-box column; `autoattack` is our "
-           "standard cascade APGD-CE → APGD-T → FAB-T → Square, each on the survivors.", ""]
+           "standard cascade APGD-CE → APGD-T → FAB-T → Square: a point counts only if no stage fools it "
+           "(each stage run as its own column, so the columns already in the matrix are reused).", ""]
     note = pipeline_note(rows)
     md += [note, ""] if note else []
-    written["tables"]["table2"] = _write_parquet(cells2, out / "table2.parquet", "table2")
+    if cells2:
+        written["tables"]["table2"] = _write_parquet(cells2, out / "table2.parquet", "table2")
     ident = {row: _identity(members[0], keys) for row, members in rows.items()}
     rank = {row: (_defense_rank(members[0]["params"].get("defense")),
                   sum(_on(members[0]["params"].get(f)) for f in ABLATION_FLAGS if f in ident[row]))
@@ -524,6 +543,7 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
                                              "transfer column)"), ""]
             paired += p3
     else:
+        skipped["table3"] = "no transfer columns ran in this study (add `transfer` to `eval_columns`)"
         md += ["## Table 3 — black-box transfer", "", "No transfer columns ran in this study "
                "(add `transfer` to `eval_columns`).", ""]
     # Masking flags: warnings, never hidden.
@@ -553,6 +573,7 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
     written["paired_comparisons"] = paired
     written["report"] = out / "report.md"
     written["warnings"] = warn
+    written["skipped"] = skipped
     return written
 
 
@@ -560,9 +581,15 @@ def report_command(experiment: str, out: str, tracking_uri: str | None = None) -
     """Entry point of `l2lda-tune report --experiment NAME --out DIR [--tracking-uri URI]`."""
     from orchestrator.export import open_store
 
-    # the same checks as every reader: reachable, MLflow's, never created by reading
+    # the same checks as every reader: reachable, MLflow's, never created by reading (and no
+    # download progress bars on stderr)
     client, uri = open_store(tracking_uri)
-    written = make_report(collect(client, experiment), out, experiment)
+    recs = collect(client, experiment, log=print)
+    clock = Clock(print, "report")
+    written = make_report(recs, out, experiment)
+    clock.stage("tables and figures written")
+    for table, why in written["skipped"].items():
+        print(f"report: {table} not built: {why}")
     pairs = written["paired_comparisons"]
     print(f"report: {written['report']} ({', '.join(sorted(written['tables']))}; "
           f"{len(pairs)} paired comparisons, {sum(e['significant'] for e in pairs)} significant at 5%; "

@@ -315,7 +315,7 @@ def trainable_with_resources(study: Study) -> Any:
 
 
 def progress_reporter(study: Study) -> Any:
-    from ray.tune import CLIReporter
+    from orchestrator.progress import MatrixCLIReporter as CLIReporter
 
     metrics = {"training_iteration": "step", "iteration": "iter"}
     for m in [*study.metrics, "val/natural", "val/worst"]:
@@ -680,6 +680,9 @@ def run_study(study: Study, *, name: str, storage: str, tracking_uri: str, addre
         with stop:
             started = init_ray(address, say)
             stop.reinstall()
+            from trainable.trainable import progress_board
+
+            board = progress_board(create=True)  # noqa: F841 - held so the named actor lives through the sweep
             if address:
                 wait_for_placement(study, address, placement_timeout, say)
             from ray import tune
@@ -896,7 +899,7 @@ def _costly_config(study: Study, shown: Mapping[str, Any]) -> Any:
 
 def estimate_trial_s(cfg: Any, gpu: float) -> tuple[float, float, float]:
     """(training, validation, test matrix) seconds of one trial, a rough single-thread figure."""
-    from trainable.attacks.registry import COLUMNS
+    from trainable.attacks.registry import COLUMNS, column_steps
     from trainable.data.registry import DATASETS
     from trainable.defenses.registry import DEFENSES
     from trainable.models.registry import CLASSIFIERS
@@ -914,9 +917,11 @@ def estimate_trial_s(cfg: Any, gpu: float) -> tuple[float, float, float]:
         return estimate_iteration_ms({**d, **overrides}, gpu)
 
     reports = max(1, math.ceil(cfg.total_iterations / cfg.steps_per_report))
-    val = reports * cfg.val_subset * sum(COLUMNS[c].steps(cfg) for c in cfg.val_columns) * grad_ms / 1000
+    # a composite column (autoattack) costs only the stages its matrix does not run as columns
+    val = reports * cfg.val_subset * sum(column_steps(c, cfg, cfg.val_columns) for c in cfg.val_columns) \
+        * grad_ms / 1000
     n_test = cfg.test_subset or DATASETS[cfg.dataset].test_size
-    matrix = n_test * sum(COLUMNS[c].steps(cfg) for c in cfg.eval_columns) * grad_ms / 1000
+    matrix = n_test * sum(column_steps(c, cfg, cfg.eval_columns) for c in cfg.eval_columns) * grad_ms / 1000
     # One-time preparation: generator columns train an attacker, transfer trains its surrogates.
     matrix += sum(COLUMNS[c].setup_ms(cfg, price) for c in cfg.eval_columns) / 1000
     return train, val, matrix

@@ -31,3 +31,52 @@ def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
         return repr(value) if len(value) <= limit else f"{value[:limit]!r}… ({len(value)} characters)"
     text = _repr.repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def duration(seconds: float) -> str:
+    """A wait as people read it: 42 s, 3 min 5 s, 1 h 20 min."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s" if s < 600 else f"{round(s / 60)} min"
+    return f"{s // 3600} h {(s % 3600) // 60} min"
+
+
+class Clock:
+    """Progress lines for a command's stages: what is being done, time elapsed and, where the
+    stage counts items, an estimate of what is left (elapsed × remaining / done)."""
+
+    def __init__(self, log, prefix: str, every: float = 5.0) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self.log, self.prefix, self.every = log, prefix, every
+        self.t0 = self._now()
+        self._last = -1e9
+
+    def mark(self) -> float:
+        """Now, on this clock: pass it as `since` to time a counted stage on its own."""
+        return self._now()
+
+    @property
+    def elapsed(self) -> float:
+        return self._now() - self.t0
+
+    def stage(self, what: str) -> None:
+        """One line: `prefix: what (12 s elapsed)`."""
+        if self.log:
+            self.log(f"{self.prefix}: {what} ({duration(self.elapsed)} elapsed)")
+
+    def tick(self, what: str, done: int, total: int, since: float | None = None) -> None:
+        """`prefix: what done/total (elapsed, about … left)`, at most once every `every` seconds
+        (always for the last item). `since`: when this counted stage began (default: the start)."""
+        now = self._now()
+        if not self.log or (done < total and now - self._last < self.every):
+            return
+        self._last = now
+        start = self.t0 if since is None else since
+        spent = now - start
+        left = spent * (total - done) / done if done else None
+        self.log(f"{self.prefix}: {what} {done}/{total} ({duration(now - self.t0)} elapsed"
+                 + (f", about {duration(left)} left)" if left is not None and done < total else ")"))

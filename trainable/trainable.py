@@ -11,7 +11,11 @@ the correctness vectors as data under ``'matrix'`` — and ``done: True``), and
 None, so a restored trial continues bit for bit on the CPU.
 
 Workers only train and write checkpoints; the driver renders every artifact from the
-returned data (docs/architecture.md, tracking). Ray's reporting API has changed several times: this is the
+returned data (docs/architecture.md, tracking). While the finishing step runs the test
+matrix (minutes, during which Tune receives no result), the trial posts where it stands —
+column, examples done, elapsed, an estimate of what is left — to a small named actor,
+:class:`ProgressBoard`, that the driver's progress table reads (docs/architecture.md,
+progress). Ray's reporting API has changed several times: this is the
 only module in ``trainable/`` that imports Ray.
 """
 from __future__ import annotations
@@ -34,6 +38,40 @@ logger = logging.getLogger("l2lda_tune.trial")
 # path is resolved against the directory the worker started in (the driver's for a local
 # Ray, the job's working dir under `ray job submit`), never against the trial directory.
 _PATH_KEYS = ("data_root", "cache_dir")
+
+
+# The driver creates the board before the sweep starts (orchestrator.tune_runner); a trial run
+# without it (a bare tune.Tuner) posts nothing.
+PROGRESS_BOARD = "l2lda_tune_matrix_progress"
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """trial id → the latest matrix progress record (trainable.evaluation.Progress.to_dict(); a
+    finished matrix's record says ``finished``)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, dict[str, Any]] = {}
+
+    def put(self, trial_id: str, record: dict[str, Any]) -> None:
+        self._records[trial_id] = record
+
+    def get(self, trial_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        if trial_ids is None:
+            return dict(self._records)
+        return {t: self._records[t] for t in trial_ids if t in self._records}
+
+
+def progress_board(create: bool = False) -> Any:
+    """The sweep's ProgressBoard handle (created if `create`), or None where there is none."""
+    if not ray.is_initialized():
+        return None
+    if create:
+        return ProgressBoard.options(name=PROGRESS_BOARD, get_if_exists=True).remote()
+    try:
+        return ray.get_actor(PROGRESS_BOARD)
+    except ValueError:
+        return None
 
 
 def trial_resources_share(resources: Any) -> tuple[float, float]:
@@ -86,6 +124,14 @@ class L2LDATrainable(tune.Trainable):
         self.cfg = cfg
         self.experiment = Experiment(cfg, log=logger.info)
         self._node = node_info()
+        board = progress_board()
+        if board is not None:
+            trial_id = self.trial_id
+
+            def post(progress: Any) -> None:  # fire and forget: the matrix never waits on the driver
+                board.put.remote(trial_id, progress.to_dict())
+
+            self.experiment.matrix_progress = post
 
     def step(self) -> dict[str, Any]:
         out = self.experiment.step()

@@ -172,3 +172,36 @@ def test_pipeline_footnote_only_when_rows_were_trained_differently():
     note = pipeline_note(mixed)
     assert "different pipelines" in note and "l2lda: augment=True, clf_grad_clip=1.0" in note
     assert "pgd10_at: augment=False, clf_grad_clip=0.0" in note
+
+
+def test_report_says_which_tables_it_could_not_build_and_draws_no_progress_bars(tmp_path):
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from _ray_fixtures import cli_cmd, cli_env
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("noabl", artifact_location=(tmp_path / "mlruns").as_uri())
+    base = {"natural": 0.98, "fgsm": 0.9, "pgd10": 0.85, "pgd100": 0.8, "min": 0.8, "worst": 0.78}
+    for seed in (0, 1):
+        _log_trial(client, exp_id, tmp_path, "pgd10_at", seed, base)
+    env = cli_env()
+    env.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)  # the user's default: MLflow would draw bars
+    p = subprocess.run(cli_cmd("report", "--experiment", "noabl", "--out", str(tmp_path / "rep"),
+                               "--tracking-uri", uri), cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "Downloading artifacts" not in p.stderr and "it/s" not in p.stderr, p.stderr
+    assert "report: table1 not built: no finished L2L-DA trial" in p.stdout
+    assert "report: 2 finished trial runs" in p.stdout and "matrices downloaded 2/2" in p.stdout
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Table 1" in md and "Not built: no finished L2L-DA trial" in md
+    # one ablation setting only: said so, with the flags it looked at
+    recs = [{"run_id": str(i), "name": str(i), "params": {"defense": "l2lda", "recursive": "True", "seed": str(i)},
+             "metrics": {"matrix/natural": 0.9, "matrix/worst": 0.5}, "n": 10, "eps": 0.3, "masking": {},
+             "eps_curve": [], "matrix": None} for i in range(2)]
+    written = make_report(recs, tmp_path / "rep2", "one")
+    assert "share every ablation flag" in written["skipped"]["table1"] and "table1" not in written["tables"]

@@ -31,8 +31,24 @@ def sweep(tmp_path_factory, ray_session):  # noqa: F811
     study = build_study(raw)
     db = tmp / "mlflow.db"
     uri = f"sqlite:///{db}"
+    from trainable.trainable import progress_board
+
+    _BOARD.append(progress_board(create=True))  # the driver creates it too; held here to read it after
     results = tune_runner.run_study(study, name="fast-1", storage=str(tmp / "runs"), tracking_uri=uri, reporter=False)
     return tmp, db, uri, results
+
+
+_BOARD: list = []
+
+
+def test_trials_post_their_matrix_progress_to_the_driver(sweep):
+    import ray
+
+    results = sweep[3]
+    ids = [r.metrics["trial_id"] for r in results]
+    records = ray.get(_BOARD[0].get.remote(ids))
+    assert set(records) == set(ids)
+    assert all(rec["finished"] and rec["count"] == 3 for rec in records.values())
 
 
 def test_sweep_records_one_parent_and_a_child_per_trial(sweep):

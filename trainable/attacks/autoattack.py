@@ -23,8 +23,11 @@ Own implementations of
   x_k and x onto that hyperplane ∩ [0, 1]^d (exact ℓ∞ projection), biased step, backward
   step after each success; ε-bounded as AutoAttack runs it (a point counts as fooled only
   if its least-norm adversarial lies within ε).
-* AutoAttack — the standard cascade APGD-CE → APGD-T → FAB-T → Square, each on the points
-  every earlier stage left correct: the worst case per example (docs/method.md, evaluation).
+* AutoAttack — the standard cascade APGD-CE → APGD-T → FAB-T → Square: the worst case per
+  example. :func:`autoattack` runs it on one batch, each stage on the points every earlier
+  stage left correct; the matrix column ``autoattack`` is the worst case per example over
+  the four stage columns, each run as its own column, so columns the matrix already ran are
+  reused (docs/method.md §Evaluation).
 
 torchattacks is not used: it pins an old ``requests`` (breaking MLflow) and its AutoAttack
 runs 10 instead of 100 iterations. Inputs x in [0, 1] (NCHW); every attack returns x_adv
@@ -55,6 +58,8 @@ FAB_RESTARTS = 1
 FAB_ALPHA_MAX = 0.1
 FAB_ETA = 1.05
 FAB_BETA = 0.9
+# The cascade's stages in AutoAttack's order; each is also a matrix column (docs/method.md §Evaluation).
+CASCADE = ("apgd_ce", "apgd_t", "fab_t", "square")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -553,14 +558,16 @@ def prepare_square(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, dict
 
 
 def prepare_autoattack(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, dict]]:
-    """Matrix column `autoattack`: the standard cascade APGD-CE → APGD-T → FAB-T → Square on the
-    points still correct."""
+    """The cascade APGD-CE → APGD-T → FAB-T → Square on the points still correct, as one attack
+    on a batch. The matrix does not call it: there the ``autoattack`` column is the worst case
+    per example over the CASCADE columns (its registry entry's stages, trainable.attacks.registry), which
+    reuses the columns the matrix already ran (docs/method.md §Evaluation)."""
     nq = _num_queries(ctx)
 
     def run(m, x, y, *, eps, generator=None):
         return autoattack(m, x, y, eps=eps, steps=APGD_STEPS, n_target_classes=N_TARGET_CLASSES,
                           fab_steps=FAB_STEPS, n_queries=nq, generator=generator)
 
-    return [("autoattack", run, {"cascade": ["apgd_ce", "apgd_t", "fab_t", "square"], "steps": APGD_STEPS,
+    return [("autoattack", run, {"cascade": list(CASCADE), "steps": APGD_STEPS,
                                  "n_target_classes": N_TARGET_CLASSES, "fab_steps": FAB_STEPS, "n_queries": nq,
                                  "square_rescale_schedule": False})]

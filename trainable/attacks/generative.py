@@ -50,17 +50,24 @@ def _forked_rng(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
-def _batches(x: Tensor, y: Tensor, steps: int, batch: int, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-    """`steps` minibatches, epoch-wise shuffled from a seeded CPU generator."""
+Progress = Callable[[int, int], None]  # (steps done, steps in all): the matrix's progress line
+
+
+def _batches(x: Tensor, y: Tensor, steps: int, batch: int, gen: torch.Generator,
+             progress: Progress | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """`steps` minibatches, epoch-wise shuffled from a seeded CPU generator; `progress` hears of each
+    step once the caller has trained on it."""
     n = len(y)
     batch = min(batch, n)
     perm, pos = torch.randperm(n, generator=gen), 0
-    for _ in range(steps):
+    for i in range(steps):
         if pos + batch > n:
             perm, pos = torch.randperm(n, generator=gen), 0
         idx = perm[pos:pos + batch].to(x.device)
         pos += batch
         yield x[idx], y[idx]
+        if progress is not None:
+            progress(i + 1, steps)
 
 
 def _width(cfg: Any) -> int:
@@ -98,7 +105,8 @@ def _attacker_optimizer(generator: nn.Module, *, adam: bool, lr: float, momentum
 
 def train_l2lda_attacker(generator: Generator, model: nn.Module, x: Tensor, y: Tensor, *, steps: int,
                          batch: int, eps: float, eps_step: float, T: int, lam: float, lr: float,
-                         momentum: float, weight_decay: float, clip: float, seed: int, adam: bool = False) -> Generator:
+                         momentum: float, weight_decay: float, clip: float, seed: int, adam: bool = False,
+                         progress: Progress | None = None) -> Generator:
     """Fine-tune an L2L-DA generator against a frozen classifier (Algorithm 1 without the classifier step).
 
     ``adam`` (the columns' choice, see ATTACKER_LR) or SGD like the joint training (the authors
@@ -108,7 +116,7 @@ def train_l2lda_attacker(generator: Generator, model: nn.Module, x: Tensor, y: T
     opt = _attacker_optimizer(generator, adam=adam, lr=lr, momentum=momentum, weight_decay=weight_decay)
     generator.train()
     with preserve_mode(model, False):
-        for xb, yb in _batches(x, y, steps, batch, gen):
+        for xb, yb in _batches(x, y, steps, batch, gen, progress):
             l_cls, l_div, _, _ = l2lda_losses(generator, model, xb, yb, generator.z_dim, eps=eps,
                                               eps_step=eps_step, steps=T, z_generator=gen)
             generator_step(generator, opt, l_cls + lam * l_div if lam > 0 else l_cls, clip)
@@ -163,7 +171,8 @@ def prepare_l2lda(model: nn.Module, ctx: Any) -> list[tuple[str, Callable[..., T
         train_l2lda_attacker(gen, model, data.train_x, data.train_y, steps=cfg.gen_attack_steps,
                              batch=cfg.batch_size, eps=cfg.eps_value, eps_step=cfg.eps_step, T=cfg.T,
                              lam=cfg.lam_value, lr=ATTACKER_LR, momentum=cfg.momentum,
-                             weight_decay=cfg.weight_decay, clip=cfg.grad_clip, seed=seed, adam=True)
+                             weight_decay=cfg.weight_decay, clip=cfg.grad_clip, seed=seed, adam=True,
+                             progress=getattr(ctx, "on_training", None))
     budget = {"train_steps": cfg.gen_attack_steps, "batch": cfg.batch_size, "fine_tuned": own,
               "width": gen.width, "T": cfg.T, "step": f"{cfg.eps_step_frac}*eps", "samples": cfg.gen_attack_samples,
               "lam": cfg.lam_value, "optimizer": f"adam lr {ATTACKER_LR} betas 0.5,0.999 clip {cfg.grad_clip}",
@@ -175,13 +184,14 @@ def prepare_l2lda(model: nn.Module, ctx: Any) -> list[tuple[str, Callable[..., T
 # ---------------------------------------------------------------------------------------------- L2L*
 def train_l2lstar_attacker(generator: L2LStarGenerator, model: nn.Module, x: Tensor, y: Tensor, *, steps: int,
                            batch: int, eps: float, lr: float, momentum: float, weight_decay: float,
-                           clip: float, seed: int, adam: bool = False) -> L2LStarGenerator:
+                           clip: float, seed: int, adam: bool = False,
+                           progress: Progress | None = None) -> L2LStarGenerator:
     """Train an L2L* generator (one-shot, [x, ∇L(x)]) against a frozen classifier; returns it in eval mode."""
     gen = torch.Generator().manual_seed(seed)
     opt = _attacker_optimizer(generator, adam=adam, lr=lr, momentum=momentum, weight_decay=weight_decay)
     generator.train()
     with preserve_mode(model, False):
-        for xb, yb in _batches(x, y, steps, batch, gen):
+        for xb, yb in _batches(x, y, steps, batch, gen, progress):
             loss, _ = l2lstar_loss(generator, model, xb, yb, eps=eps)
             generator_step(generator, opt, loss, clip)
     return generator.eval()
@@ -219,7 +229,8 @@ def _advgan_apply(net: PerturbationNet, x: Tensor, eps: float) -> Tensor:
 
 
 def train_advgan(net: PerturbationNet, disc: Discriminator, model: nn.Module, x: Tensor, y: Tensor, *,
-                 steps: int, batch: int, eps: float, seed: int, lr: float = ATTACKER_LR) -> PerturbationNet:
+                 steps: int, batch: int, eps: float, seed: int, lr: float = ATTACKER_LR,
+                 progress: Progress | None = None) -> PerturbationNet:
     """AdvGAN (Xiao et al. 2018): G minimises w_adv·C&W(κ = 0) + w_gan·BCE(D(x_adv), real);
     D learns to tell x from x_adv. Classifier frozen. Returns G in eval mode."""
     gen = torch.Generator().manual_seed(seed)
@@ -228,7 +239,7 @@ def train_advgan(net: PerturbationNet, disc: Discriminator, model: nn.Module, x:
     net.train(), disc.train()
     g_params, d_params = list(net.parameters()), list(disc.parameters())
     with preserve_mode(model, False):
-        for xb, yb in _batches(x, y, steps, batch, gen):
+        for xb, yb in _batches(x, y, steps, batch, gen, progress):
             x_adv = _advgan_apply(net, xb, eps)
             # discriminator step on detached fakes
             d_real, d_fake = disc(xb), disc(x_adv.detach())
@@ -258,7 +269,7 @@ def prepare_advgan(model: nn.Module, ctx: Any) -> list[tuple[str, Callable[..., 
         disc = Discriminator(data.shape[0]).to(ctx.device)
         ctx.log(f"matrix: advgan: training for {cfg.gen_attack_steps} steps")
         train_advgan(net, disc, model, data.train_x, data.train_y, steps=cfg.gen_attack_steps,
-                     batch=cfg.batch_size, eps=cfg.eps_value, seed=seed)
+                     batch=cfg.batch_size, eps=cfg.eps_value, seed=seed, progress=getattr(ctx, "on_training", None))
 
     def attack(model_: nn.Module, x: Tensor, y: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:
         with torch.no_grad(), preserve_mode(net, False):
@@ -279,14 +290,14 @@ def _gap_apply(net: PerturbationNet, x: Tensor, eps: float) -> Tensor:
 
 
 def train_gap(net: PerturbationNet, model: nn.Module, x: Tensor, y: Tensor, *, steps: int, batch: int,
-              eps: float, seed: int, lr: float = ATTACKER_LR) -> PerturbationNet:
+              eps: float, seed: int, lr: float = ATTACKER_LR, progress: Progress | None = None) -> PerturbationNet:
     """GAP (Poursaeed et al. 2018), image-dependent, untargeted: minimise log p(y | x_adv). Returns eval mode."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.999))
     params = list(net.parameters())
     net.train()
     with preserve_mode(model, False):
-        for xb, yb in _batches(x, y, steps, batch, gen):
+        for xb, yb in _batches(x, y, steps, batch, gen, progress):
             logp = F.log_softmax(model(_gap_apply(net, xb, eps)), 1).gather(1, yb[:, None]).mean()
             for p, g in zip(params, torch.autograd.grad(logp, params)):
                 p.grad = g
@@ -302,7 +313,7 @@ def prepare_gap(model: nn.Module, ctx: Any) -> list[tuple[str, Callable[..., Ten
         net = PerturbationNet(data.shape, _width(cfg)).to(ctx.device)
         ctx.log(f"matrix: gap: training for {cfg.gen_attack_steps} steps")
         train_gap(net, model, data.train_x, data.train_y, steps=cfg.gen_attack_steps, batch=cfg.batch_size,
-                  eps=cfg.eps_value, seed=seed)
+                  eps=cfg.eps_value, seed=seed, progress=getattr(ctx, "on_training", None))
 
     def attack(model_: nn.Module, x: Tensor, y: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:
         with torch.no_grad(), preserve_mode(net, False):

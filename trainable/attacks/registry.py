@@ -11,7 +11,10 @@ An entry carries everything the tool needs to know about a column:
   from which the gradient-masking checks take their roles (docs/architecture.md, selection);
 * the report tables that show it (``table1``: the ablation, ``table2``: defenses × attacks);
 * which contract suite runs it (``fast``: the default test run; ``slow``; ``own``: its own tests);
-* its ``--dry-run`` cost (input-gradient steps per test point, plus a one-time set-up);
+* whether it is a composite — the worst case per example over ``stages``, other columns each
+  run as its own column would be, so those the matrix already ran are reused (``autoattack``);
+* its cost: input-gradient steps per attacked point (``cost``), the preparation's steps
+  (``training``, for the matrix's progress estimate) and ms (``setup``, for ``--dry-run``);
 * its budget under each ``eval --profile`` (the config values it reads).
 
 Registration order is the report's column order. Plug-ins add entries through the
@@ -45,10 +48,12 @@ class ColumnEntry:
     attack: Callable[..., Any] | str | None = None  # attack(model, x, y, *, eps, generator) -> x_adv in the ε-ball
     budget: Mapping[str, Any] = field(default_factory=dict)  # what `attack` does, recorded in the matrix profile
     prepare: Callable[..., Any] | str | None = None  # prepare(model, ctx) -> [(name, attack_fn, budget)]
+    stages: tuple[str, ...] = ()  # a composite: in the matrix, the worst case per example over these columns
     tables: tuple[str, ...] = ("table2",)
     test: str = "fast"
     cost: Cost | None = None  # input-gradient steps per test point (cfg -> float); None: budget["steps"] or 1
     setup: Callable[[Any, Callable[[dict], float]], float] | str | None = None  # one-time ms: setup(cfg, price)
+    training: Callable[[Any], float] | str | None = None  # preparation in example input-gradient steps (progress)
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # eval profile -> config values
     roles: frozenset[str] | None = None  # masking-check roles; None: from the kind
     doc: str = ""
@@ -60,8 +65,9 @@ class ColumnEntry:
         if self.test not in TESTS:
             raise RegistryError(f"l2lda_tune.attacks: column {self.name!r} has test {self.test!r} "
                                 f"(choose from {', '.join(TESTS)})")
-        if self.kind != "natural" and (self.attack is None) == (self.prepare is None):
-            raise RegistryError(f"l2lda_tune.attacks: column {self.name!r} needs exactly one of attack or prepare")
+        if self.kind != "natural" and not self.stages and (self.attack is None) == (self.prepare is None):
+            raise RegistryError(f"l2lda_tune.attacks: column {self.name!r} needs exactly one of attack, prepare "
+                                f"or stages")
 
     @property
     def masking_roles(self) -> frozenset[str]:
@@ -83,6 +89,10 @@ class ColumnEntry:
     def setup_ms(self, cfg: Any, price: Callable[[dict], float]) -> float:
         """--dry-run: one-time preparation (ms); `price(overrides)` is one training iteration's ms."""
         return 0.0 if self.setup is None else float(resolve(self.setup)(cfg, price))
+
+    def training_steps(self, cfg: Any) -> float:
+        """The matrix's progress estimate: example input-gradient steps spent preparing the column."""
+        return 0.0 if self.training is None else float(resolve(self.training)(cfg))
 
 
 COLUMNS: Registry[ColumnEntry] = Registry("attack column", "l2lda_tune.attacks", ColumnEntry)
@@ -109,6 +119,15 @@ def table_columns(table: str) -> tuple[str, ...]:
     return tuple(e.name for e in COLUMNS.values() if table in e.tables)
 
 
+def column_steps(name: str, cfg: Any, columns: tuple[str, ...] | list[str] = ()) -> float:
+    """Input-gradient steps per attacked point of column `name` in a matrix of `columns`: a
+    composite costs only the stages the matrix does not run as columns (rough)."""
+    e = COLUMNS[name]
+    if e.stages:
+        return sum(column_steps(s, cfg, columns) for s in e.stages if s not in columns)
+    return e.steps(cfg)
+
+
 def profile_settings(profile: str) -> dict[str, Any]:
     """The config values every column's budget takes under an ``eval --profile``."""
     out: dict[str, Any] = {}
@@ -123,7 +142,16 @@ def profile_settings(profile: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------- our columns
 def _generator_steps(cfg: Any) -> float:
-    return cfg.gen_attack_samples * cfg.gen_steps
+    return float(getattr(cfg, "gen_attack_samples", 1) * max(getattr(cfg, "T", 1), 1))
+
+
+def _l2lda_training(cfg: Any) -> float:
+    # T classifier gradients per step plus the generator's backward, on gen_attack_steps batches
+    return float(cfg.gen_attack_steps) * cfg.batch_size * 3 * max(cfg.T, 1)
+
+
+def _net_training(cfg: Any) -> float:
+    return float(cfg.gen_attack_steps) * cfg.batch_size * 3
 
 
 def _generator_setup(cfg: Any, price: Callable[[dict], float]) -> float:
@@ -135,8 +163,14 @@ def _square_steps(cfg: Any) -> float:
     return 0.3 * cfg.square_queries  # one forward per query
 
 
-def _autoattack_steps(cfg: Any) -> float:
-    return 2000 + _square_steps(cfg)  # APGD-CE, APGD-T and FAB-T on the survivors, then Square
+def _transfer_steps(cfg: Any) -> float:
+    return 3 * (110 + _generator_steps(cfg))  # 3 surrogates × (pgd10 + pgd100 + an L2L-DA attack)
+
+
+def _transfer_training(cfg: Any) -> float:
+    # plain, FGSM-AT, PGD10-AT surrogates (1, 2 and 11 gradients per image), each with its own L2L-DA attacker
+    it = float(cfg.transfer_iterations or cfg.iterations)
+    return it * cfg.batch_size * (1 + 2 + 11) + 3 * _l2lda_training(cfg)
 
 
 def _transfer_setup(cfg: Any, price: Callable[[dict], float]) -> float:
@@ -174,11 +208,12 @@ def _ours() -> None:
     add(ColumnEntry("cw1000", "gradient", PGDColumn(1000, 12, "cw"),
                     {"steps": 1000, "step": "eps/12", "loss": "cw_margin_k0", **_PGD}, test="slow",
                     doc="PGD on the C&W margin, 1000 steps"))
-    for name, tables, doc in (("advgan", ("table2",), "AdvGAN (Xiao et al. 2018)"),
-                              ("gap", ("table2",), "GAP (Poursaeed et al. 2018)"),
-                              ("l2lda", _T12, "L2L-DA's generator as an attacker (fine-tuned or fresh)")):
-        add(ColumnEntry(name, "generator", prepare=f"{_GEN}:prepare_{name}", tables=tables,
-                        cost=_generator_steps, setup=_generator_setup, profiles=GENERATOR_PROFILES, doc=doc))
+    for name, tables, training, doc in (
+            ("advgan", ("table2",), _net_training, "AdvGAN (Xiao et al. 2018)"),
+            ("gap", ("table2",), _net_training, "GAP (Poursaeed et al. 2018)"),
+            ("l2lda", _T12, _l2lda_training, "L2L-DA's generator as an attacker (fine-tuned or fresh)")):
+        add(ColumnEntry(name, "generator", prepare=f"{_GEN}:prepare_{name}", tables=tables, cost=_generator_steps,
+                        setup=_generator_setup, training=training, profiles=GENERATOR_PROFILES, doc=doc))
     add(ColumnEntry("apgd_ce", "parameter_free", prepare=f"{_AA}:prepare_apgd_ce", tables=_T12, cost=100,
                     doc="APGD-CE (Croce & Hein 2020)"))
     add(ColumnEntry("apgd_t", "parameter_free", prepare=f"{_AA}:prepare_apgd_t", cost=900,
@@ -187,12 +222,16 @@ def _ours() -> None:
                     doc="targeted FAB, ℓ∞, top-9 targets"))
     add(ColumnEntry("square", "gradient_free", prepare=f"{_AA}:prepare_square", cost=_square_steps,
                     profiles=SQUARE_PROFILES, doc="Square Attack (Andriushchenko et al. 2020)"))
-    # AutoAttack ends with Square (gradient-free): a parameter-free attack, not a white-box reference.
-    add(ColumnEntry("autoattack", "parameter_free", prepare=f"{_AA}:prepare_autoattack", tables=_T12,
-                    cost=_autoattack_steps, profiles=SQUARE_PROFILES, roles=frozenset({"parameter_free"}),
-                    doc="the standard cascade APGD-CE → APGD-T → FAB-T → Square"))
+    # AutoAttack: the worst case per example over its cascade's columns (docs/method.md, evaluation). It
+    # ends with Square (gradient-free): a parameter-free attack, not a white-box reference.
+    from trainable.attacks.autoattack import CASCADE
+
+    # Its `prepare` is the cascade as one attack on a batch (what runs it outside the matrix).
+    add(ColumnEntry("autoattack", "parameter_free", prepare=f"{_AA}:prepare_autoattack", stages=CASCADE,
+                    tables=_T12, profiles=SQUARE_PROFILES,
+                    roles=frozenset({"parameter_free"}), doc="the standard cascade APGD-CE → APGD-T → FAB-T → Square"))
     add(ColumnEntry("transfer", "transfer", prepare="trainable.attacks.transfer:prepare_transfer", tables=(),
-                    test="own", cost=0.0, setup=_transfer_setup,
+                    test="own", cost=_transfer_steps, setup=_transfer_setup, training=_transfer_training,
                     doc="PGD10, PGD100 and L2L-DA from surrogates A plain, B FGSM-AT, C PGD10-AT (Table 3)"))
 
 

@@ -94,8 +94,10 @@ def _load_surrogate(directory: Path, scfg: TrialConfig, in_channels: int, device
 
 
 def train_surrogate(cfg: TrialConfig, defense: str, *, device: torch.device | None = None,
-                    log: Callable[[str], None] = lambda m: None, use_cache: bool = True) -> nn.Module:
-    """Train (or load from the cache) the surrogate `defense` for trial `cfg`; returns it in eval mode."""
+                    log: Callable[[str], None] = lambda m: None, use_cache: bool = True,
+                    progress: Callable[[int, int], None] | None = None) -> nn.Module:
+    """Train (or load from the cache) the surrogate `defense` for trial `cfg`; returns it in eval mode.
+    `progress` hears (iterations done, iterations in all) after each training chunk."""
     from trainable.experiment.loop import Experiment  # the runner imports evaluation, which loads us lazily
 
     scfg = surrogate_config(cfg, defense)
@@ -114,6 +116,8 @@ def train_surrogate(cfg: TrialConfig, defense: str, *, device: torch.device | No
     exp = Experiment(scfg, log=log)
     while not exp.done:
         exp.train(scfg.steps_per_report)
+        if progress is not None:
+            progress(exp.iteration, scfg.total_iterations)
     model = exp.classifier.eval()
     if device is not None:
         model = model.to(device)
@@ -156,7 +160,7 @@ def prepare_transfer(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, di
     cfg: TrialConfig = ctx.cfg
     out: list[tuple[str, AttackFn, dict]] = []
     for letter, defense in SURROGATES.items():
-        sur = train_surrogate(cfg, defense, device=ctx.device, log=ctx.log)
+        sur = train_surrogate(cfg, defense, device=ctx.device, log=ctx.log, progress=getattr(ctx, "on_training", None))
         for p in sur.parameters():
             p.requires_grad_(False)
         scfg = surrogate_config(cfg, defense)
@@ -169,7 +173,8 @@ def prepare_transfer(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, di
                     {**base, "attack": "pgd100", "steps": 100, "step": "eps/12", "random_start": True,
                      "iterate": "last"}))
         sctx = EvalContext(cfg=cfg, data=ctx.data, device=ctx.device, generator=None,
-                           seed=ctx.seed + SURROGATE_SEED_OFFSET, log=ctx.log)
+                           seed=ctx.seed + SURROGATE_SEED_OFFSET, log=ctx.log,
+                           on_training=getattr(ctx, "on_training", lambda d, t: None))
         for _name, fn, budget in prepare_l2lda(sur, sctx):
             out.append((f"transfer/{letter}/l2lda", _wrap_generator_attack(sur, fn),
                         {**base, "attack": "l2lda", **budget}))

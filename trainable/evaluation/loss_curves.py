@@ -127,6 +127,9 @@ def compute_figure2(model: nn.Module, cfg: Any, data: Any, *, generator: nn.Modu
     classifier for cfg.gen_attack_steps steps (width cfg.gen_attack_width or cfg.gen_width).
     """
     from trainable.attacks.generative import ATTACKER_LR, _forked_rng, _seed, train_l2lda_attacker, train_l2lstar_attacker
+    from trainable.text import Clock
+
+    clock = Clock(log, "figure2", every=30.0)
 
     eps, step = cfg.eps_value, cfg.eps_step
     device = data.test_x.device
@@ -140,30 +143,40 @@ def compute_figure2(model: nn.Module, cfg: Any, data: Any, *, generator: nn.Modu
         with _forked_rng(device, _seed(seed, "figure2/l2lda")):
             gen_da = Generator(data.shape, data.num_classes, width=width, z_dim=cfg.z_dim, use_delta=cfg.use_delta,
                                use_label=cfg.use_label, grad_norm=cfg.grad_norm).to(device)
-            log(f"figure2: training an L2L-DA generator for {cfg.gen_attack_steps} steps")
+            clock.stage(f"training an L2L-DA generator for {cfg.gen_attack_steps} steps")
+            t_da = clock.mark()
             train_l2lda_attacker(gen_da, model, data.train_x, data.train_y, steps=cfg.gen_attack_steps,
                                  batch=cfg.batch_size, eps=eps, eps_step=step, T=steps, lam=cfg.lam_value,
                                  lr=ATTACKER_LR, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                 clip=cfg.grad_clip, seed=_seed(seed, "figure2/l2lda"), adam=True)
+                                 clip=cfg.grad_clip, seed=_seed(seed, "figure2/l2lda"), adam=True,
+                                 progress=lambda d, n: clock.tick("L2L-DA generator training steps", d, n, t_da))
         sources["l2lda"] = f"fresh, trained {cfg.gen_attack_steps} steps against the frozen classifier"
     if isinstance(generator, L2LStarGenerator):
         gen_l2l, sources["l2l"] = copy.deepcopy(generator).eval(), "trial L2L* generator"
     else:
         with _forked_rng(device, _seed(seed, "figure2/l2l")):
             gen_l2l = L2LStarGenerator(data.shape, width=width)  # raw gradient, as L2L* is defined.to(device)
-            log(f"figure2: training an L2L* generator for {cfg.gen_attack_steps} steps")
+            clock.stage(f"training an L2L* generator for {cfg.gen_attack_steps} steps")
+            t_l2l = clock.mark()
             train_l2lstar_attacker(gen_l2l, model, data.train_x, data.train_y, steps=cfg.gen_attack_steps,
                                    batch=cfg.batch_size, eps=eps, lr=ATTACKER_LR, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, clip=cfg.grad_clip,
-                                   seed=_seed(seed, "figure2/l2l"), adam=True)
+                                   seed=_seed(seed, "figure2/l2l"), adam=True,
+                                   progress=lambda d, n: clock.tick("L2L* generator training steps", d, n, t_l2l))
         sources["l2l"] = f"fresh L2L*, trained one-shot {cfg.gen_attack_steps} steps against the frozen classifier"
     gens = {"pgd": None, "l2l": gen_l2l, "l2lda": gen_da}
     curves = {}
-    for m in METHODS:
-        log(f"figure2: {m}")
+    t_curves = clock.mark()
+    for i, m in enumerate(METHODS):
+        if i:
+            clock.every = 0.0  # one line per method, with the estimate for the rest
+            clock.tick(f"loss curves done ({', '.join(METHODS[:i])}), now {m}:", i, len(METHODS), t_curves)
+        else:
+            clock.stage(f"loss curves of {m} ({n_images} images × {draws} draws)")
         curves[m] = loss_curves(model, x, y, method=m, eps=eps, step=step, steps=steps, draws=draws,
                                 generator=gens[m], seed=_seed(seed, f"figure2/{m}/draws"),
                                 batch_size=cfg.eval_batch_size)
+    clock.stage("loss curves done")
     return {
         "figure": "paper Figure 2: CE loss per attack iteration (mean over images of max / std over draws)",
         "iterations": list(range(1, steps + 1)),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from trainable.attacks.gradient import preserve_mode
-from trainable.attacks.registry import COLUMNS, column_of
+from trainable.attacks.registry import COLUMNS, column_of, column_steps
 
 def known_columns() -> list[str]:
     """Every registered matrix column (ours and plug-ins'), in the report's order."""
@@ -30,8 +30,13 @@ def known_columns() -> list[str]:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "COLUMN_KINDS":  # the view of earlier versions, derived from the registry
+    # Views derived from the registry: column kinds, and the composite columns — those whose
+    # per-example result is the worst case over other columns ("stages"), each run exactly as
+    # its own column would be (docs/method.md §Evaluation).
+    if name == "COLUMN_KINDS":
         return {n: e.kind for n, e in COLUMNS.items()}
+    if name == "COMPOSITE_COLUMNS":
+        return {n: e.stages for n, e in COLUMNS.items() if e.stages}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -45,9 +50,112 @@ class EvalContext:
     generator: nn.Module | None = None  # the trial's own generator (L2L-DA), if any
     seed: int = 0
     log: Callable[[str], None] = lambda msg: None
+    # Where a long matrix reports how far it is (a Ray trial's progress table, a CLI line):
+    # called with a :class:`Progress` after each batch and around each column.
+    progress: Callable[[Progress], None] | None = None
+    # Set by the matrix while a column is prepared: attacker / surrogate training calls it
+    # with (steps done, steps in all).
+    on_training: Callable[[int, int], None] = lambda done, total: None
 
 
 AttackPrep = list[tuple[str, Callable[..., Tensor], dict]]
+
+def training_steps(col: str, cfg: Any) -> float:
+    """Example input-gradient steps spent training the column's attacker or surrogates (its registry
+    entry's ``training``; rough). Per attacked example: :func:`trainable.attacks.column_steps`."""
+    return COLUMNS[col].training_steps(cfg)
+
+
+@dataclass
+class Progress:
+    """Where a robustness matrix stands: the column being run, how far, time spent and left."""
+
+    column: str  # the (sub-)column being prepared or run
+    index: int  # 1-based position among the matrix's columns
+    count: int  # columns in the matrix (natural included)
+    done: int  # examples attacked, or training steps done
+    total: int
+    unit: str  # "examples" or "training steps"
+    elapsed: float  # seconds since the matrix started
+    left: float | None  # estimated seconds until the matrix is done (None: nothing to go by yet)
+    finished: bool = False
+
+    def line(self) -> str:
+        from trainable.text import duration
+
+        if self.finished:
+            return f"matrix done: {self.count} columns in {duration(self.elapsed)}"
+        text = (f"matrix {self.index}/{self.count} {self.column}: {self.done}/{self.total} {self.unit}, "
+                f"{duration(self.elapsed)} elapsed")
+        return text + (f", about {duration(self.left)} left" if self.left is not None else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("column", "index", "count", "done", "total", "unit", "elapsed", "left",
+                                              "finished")}
+
+
+class _Tracker:
+    """Progress of one matrix: planned cost per column (COLUMN_STEPS), calibrated by the time spent
+    so far, reported to ctx.progress (at most once a second between a stage's first and last
+    record) and as a log line every LOG_EVERY seconds of a long column."""
+
+    LOG_EVERY = 30.0
+    SINK_EVERY = 1.0
+
+    def __init__(self, ctx: EvalContext, columns: list[str], n_attacked: int, t0: float) -> None:
+        self.ctx, self.t0 = ctx, t0
+        self.columns = ["natural", *[c for c in columns if c != "natural"]]
+        cols = tuple(self.columns)
+        self.plan = {c: (training_steps(c, ctx.cfg), column_steps(c, ctx.cfg, cols) * n_attacked) for c in cols}
+        self.plan["natural"] = (0.0, column_steps("natural", ctx.cfg) * n_attacked)
+        self.total = sum(a + b for a, b in self.plan.values()) or 1.0
+        self.finished_units = self.plan["natural"][1]
+        self.col, self.index, self.col_units = "natural", 1, 0.0
+        self.last_sink = self.last_log = 0.0
+
+    def start(self, col: str) -> None:
+        self.col, self.index, self.col_units = col, self.columns.index(col) + 1, 0.0
+        self.last_log = time.perf_counter()
+
+    def _left(self, now: float) -> float | None:
+        done = self.finished_units + self.col_units
+        if done <= 0 or now - self.t0 <= 0:
+            return None
+        return max(0.0, (now - self.t0) * (self.total - done) / done)
+
+    def update(self, name: str, done: int, total: int, unit: str, *, boundary: bool = False) -> None:
+        train_u, attack_u = self.plan.get(self.col, (0.0, 0.0))
+        frac = done / total if total else 1.0
+        if unit == "examples":
+            self.col_units = train_u + attack_u * frac
+        else:
+            self.col_units = train_u * frac
+        now = time.perf_counter()
+        p = Progress(name, self.index, len(self.columns), int(done), int(total), unit, now - self.t0, self._left(now))
+        if self.ctx.progress is not None and (boundary or done >= total or now - self.last_sink >= self.SINK_EVERY):
+            self.last_sink = now
+            self.ctx.progress(p)
+        if not boundary and now - self.last_log >= self.LOG_EVERY:
+            self.last_log = now
+            self.ctx.log(p.line())
+
+    def finish_column(self) -> None:
+        self.finished_units += sum(self.plan.get(self.col, (0.0, 0.0)))
+        self.col_units = 0.0
+
+    def status(self) -> str:
+        """'; 3 min 5 s elapsed, about 2 min left' for the line that ends a column."""
+        from trainable.text import duration
+
+        now = time.perf_counter()
+        left = self._left(now)
+        return f"; {duration(now - self.t0)} elapsed" + (f", about {duration(left)} left" if left is not None else "")
+
+    def done(self) -> None:
+        if self.ctx.progress is not None:
+            now = time.perf_counter()
+            self.ctx.progress(Progress("", len(self.columns), len(self.columns), 0, 0, "", now - self.t0, 0.0,
+                                       finished=True))
 
 
 def prepare_column(name: str, model: nn.Module, ctx: EvalContext) -> AttackPrep:
@@ -124,13 +232,54 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
         return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
+@dataclass
+class _Run:
+    """One sub-column's outcome: per-example correctness on all n points, budget, sanity checks, seconds."""
+
+    correct: np.ndarray
+    budget: dict
+    check: dict
+    seconds: float
+
+
+def _run_attack(model: nn.Module, x: Tensor, y: Tensor, ok_idx: Tensor, name: str, fn: Callable[..., Tensor],
+                budget: dict, *, eps: float, seed: int, batch_size: int,
+                on_batch: Callable[[int, int], None] | None = None) -> _Run:
+    """Run one sub-column on the clean-correct points `ok_idx`, batch by batch, with its own seeded
+    generator: the outcome depends only on (model, points, name, seed, batch size), never on which
+    other columns ran before it (docs/method.md §Evaluation)."""
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(_column_seed(seed, name))
+    vec = torch.zeros(len(y), dtype=torch.bool, device=x.device)
+    max_dev, out_of_range, nan = 0.0, False, False
+    with preserve_mode(model, False):
+        for i in range(0, len(ok_idx), batch_size):
+            idx = ok_idx[i:i + batch_size]
+            xb, yb = x[idx], y[idx]
+            x_adv = fn(model, xb, yb, eps=eps, generator=gen).detach()
+            with torch.no_grad():
+                vec[idx] = model(x_adv).argmax(1) == yb
+                max_dev = max(max_dev, float((x_adv - xb).abs().amax()) if len(idx) else 0.0)
+                out_of_range |= bool((x_adv < 0).any() or (x_adv > 1).any())
+                nan |= bool(torch.isnan(x_adv).any())
+            if on_batch is not None:
+                on_batch(min(i + batch_size, len(ok_idx)), len(ok_idx))
+    check = {"max_linf": max_dev, "in_ball": max_dev <= eps + 1e-6, "in_range": not out_of_range, "finite": not nan}
+    return _Run(vec.cpu().numpy(), budget, check, time.perf_counter() - t0)
+
+
 def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[str, ...] | list[str],
                       eps: float, ctx: EvalContext, indices: np.ndarray | None = None,
                       batch_size: int = 500, masking: bool = True) -> MatrixResult:
     """Accuracy of `model` under each column on (x, y); x in [0, 1]. Sanity checks are code:
     every x_adv is checked to lie in the ε-ball and [0, 1] and to be free of NaN, and the
     gradient-masking flags of :mod:`trainable.evaluation.checks` are computed (``masking=False`` skips
-    them and the ε-curve: cheap validation matrices)."""
+    them and the ε-curve: cheap validation matrices).
+
+    Composite columns (``autoattack``: entries with ``stages``) are the worst case per example over their stage
+    columns; a stage that is also a column of this matrix runs once and serves both, so the
+    matrix does no attack twice and the composite's per-example result is the same with or
+    without those columns (docs/method.md §Evaluation)."""
     t0 = time.perf_counter()
     n = len(y)
     correct: dict[str, np.ndarray] = {}
@@ -140,33 +289,68 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
     ok_idx = clean_ok.nonzero().squeeze(1)
     budgets: dict[str, Any] = {}
     checks: dict[str, Any] = {}
+    runs: dict[str, _Run] = {}  # every sub-column run so far, stages of composites included
+    done: dict[str, list[str]] = {}  # column → its sub-column names, once prepared and run
+    composites: dict[str, dict[str, list[str]]] = {}
+    tracker = _Tracker(ctx, list(columns), len(ok_idx), t0)
+
+    def run_column(col: str) -> list[str]:
+        names = []
+        label = col if col == tracker.col else f"{tracker.col}/{col}"
+        pctx = replace(ctx, on_training=lambda d, t: tracker.update(f"{label} training", d, t, "training steps"))
+        tp = time.perf_counter()
+        prepared = prepare_column(col, model, pctx)  # generator columns train their attacker here
+        prep = time.perf_counter() - tp
+        if prep >= 0.05:
+            timings[f"prepare/{col}"] = prep
+        for name, fn, budget in prepared:
+            shown = name if col == tracker.col else f"{tracker.col}/{name}"
+            tracker.update(shown, 0, len(ok_idx), "examples", boundary=True)
+            runs[name] = _run_attack(model, x, y, ok_idx, name, fn, budget, eps=eps, seed=ctx.seed,
+                                     batch_size=batch_size,
+                                     on_batch=lambda d, t, nm=shown: tracker.update(nm, d, t, "examples"))
+            if len(prepared) == 1:  # the column's time includes its attacker's training
+                runs[name].seconds += prep
+            ctx.log(f"matrix: {name} = {runs[name].correct.mean():.4f} ({runs[name].seconds:.1f}s"
+                    f"{tracker.status()})")
+            names.append(name)
+        done[col] = names
+        return names
+
     for col in columns:
         if col == "natural":
             continue
         t1 = time.perf_counter()
-        ctx.log(f"matrix: preparing {col}")
-        for name, fn, budget in prepare_column(col, model, ctx):
-            t2 = time.perf_counter()
-            gen = torch.Generator().manual_seed(_column_seed(ctx.seed, name))
-            vec = torch.zeros(n, dtype=torch.bool, device=x.device)
-            max_dev, out_of_range, nan = 0.0, False, False
-            with preserve_mode(model, False):
-                for i in range(0, len(ok_idx), batch_size):
-                    idx = ok_idx[i:i + batch_size]
-                    xb, yb = x[idx], y[idx]
-                    x_adv = fn(model, xb, yb, eps=eps, generator=gen).detach()
-                    with torch.no_grad():
-                        vec[idx] = model(x_adv).argmax(1) == yb
-                        max_dev = max(max_dev, float((x_adv - xb).abs().amax()) if len(idx) else 0.0)
-                        out_of_range |= bool((x_adv < 0).any() or (x_adv > 1).any())
-                        nan |= bool(torch.isnan(x_adv).any())
-            correct[name] = vec.cpu().numpy()
-            budgets[name] = budget
-            checks[name] = {"max_linf": max_dev, "in_ball": max_dev <= eps + 1e-6,
-                            "in_range": not out_of_range, "finite": not nan}
-            timings[name] = time.perf_counter() - t2
-            ctx.log(f"matrix: {name} = {correct[name].mean():.4f} ({timings[name]:.1f}s)")
+        tracker.start(col)
+        stages = COLUMNS[col].stages if col in COLUMNS else ()
+        if stages:
+            reused = [s for s in stages if s in done]
+            for s in stages:
+                if s not in done:
+                    ctx.log(f"matrix {tracker.index}/{len(tracker.columns)}: preparing {s} (stage of {col})")
+                    run_column(s)
+            parts = [runs[nm] for s in stages for nm in done[s]]
+            vec = np.logical_and.reduce([r.correct for r in parts])
+            correct[col] = vec
+            budgets[col] = {"cascade": list(stages), "per_example": "worst case over the stage columns",
+                            "stages": {s: runs[nm].budget for s in stages for nm in done[s]}}
+            checks[col] = {"max_linf": max(r.check["max_linf"] for r in parts),
+                           **{k: all(r.check[k] for r in parts) for k in ("in_ball", "in_range", "finite")}}
+            composites[col] = {"stages": list(stages), "reused": reused}
+            timings[col] = time.perf_counter() - t1  # the stages this column had to run itself
+            ctx.log(f"matrix: {col} = {vec.mean():.4f} ({timings[col]:.1f}s"
+                    + (f"; reused {', '.join(reused)})" if reused else ")"))
+        else:
+            if col in done:
+                ctx.log(f"matrix: {col} already ran as a stage")
+            else:
+                ctx.log(f"matrix {tracker.index}/{len(tracker.columns)}: preparing {col}")
+                run_column(col)
+            for name in done[col]:
+                r = runs[name]
+                correct[name], budgets[name], checks[name], timings[name] = r.correct, r.budget, dict(r.check), r.seconds
         timings[f"column/{col}"] = time.perf_counter() - t1  # preparation (generator training) + runs
+        tracker.finish_column()
     metrics = summarize(correct)
     checks["perturbation_ok"] = all(c["in_ball"] and c["in_range"] and c["finite"]
                                     for k, c in checks.items() if isinstance(c, dict))
@@ -180,6 +364,8 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
         "test_indices": (indices if indices is not None else np.arange(n)).tolist(),
         "seed": ctx.seed,
     }
+    if composites:
+        profile["composites"] = composites
     result = MatrixResult(metrics, correct, indices if indices is not None else np.arange(n), profile, checks, timings)
     if masking:
         from trainable.evaluation.checks import EPS_CURVE_STEPS, eps_curve, masking_flags
@@ -192,6 +378,7 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
                                                     generator=torch.Generator().manual_seed(_column_seed(ctx.seed, "eps_curve")))
         timings["checks"] = time.perf_counter() - t1
         timings["total"] = time.perf_counter() - t0
+    tracker.done()
     return result
 
 

@@ -45,6 +45,8 @@ class Experiment:
     def __init__(self, cfg: TrialConfig, log: Callable[[str], None] | None = None, use_cache: bool = True) -> None:
         self.cfg = cfg = cfg.resolved()
         self.log = log or (lambda msg: None)
+        # Where the test matrix reports its progress (a Ray trial posts it to the driver's table).
+        self.matrix_progress: Callable[[Any], None] | None = None
         self.threads = set_threads(cfg.threads)
         self.device = resolve_device(cfg)
         self.data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, self.device)
@@ -166,8 +168,10 @@ class Experiment:
         """The test robustness matrix on the fixed test indices (never an objective)."""
         idx = torch.as_tensor(self.test_idx, device=self.device)
         x, y = self.data.test_x[idx], self.data.test_y[idx]
+        ctx = self._ctx()
+        ctx.progress = self.matrix_progress
         res = robustness_matrix(self.classifier, x, y, columns=columns or self.cfg.eval_columns, eps=self.cfg.eps,
-                                ctx=self._ctx(), indices=self.test_idx, batch_size=self.cfg.eval_batch_size)
+                                ctx=ctx, indices=self.test_idx, batch_size=self.cfg.eval_batch_size)
         res.profile["split"] = "test"
         res.profile["dataset"] = self.cfg.dataset
         res.profile.update({k: getattr(self.cfg, k) for k in ("gen_attack_steps", "gen_attack_samples", "square_queries")})

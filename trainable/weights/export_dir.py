@@ -77,11 +77,39 @@ def _load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, t
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({first})") from None
 
 
+# Config keys that hold paths: a trial resolves them against its start directory, an export
+# carries them relative so it means the same on the machine it is copied to.
+PATH_KEYS = ("data_root", "cache_dir")
+
+
+def normal_mode(path: Path) -> None:
+    """Give `path` the mode a plain file gets here (0666 less the umask): safetensors writes 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def portable_paths(config: dict, start: str | os.PathLike | None = None) -> tuple[dict, dict[str, str]]:
+    """(config with PATH_KEYS relative, the absolute values replaced): a path under `start` (the
+    working directory) becomes relative to it, any other absolute path the TrialConfig default."""
+    start = Path(start or os.getcwd()).resolve()
+    out, replaced = dict(config), {}
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and os.path.isabs(value):
+            p = Path(value).resolve()
+            out[key] = str(p.relative_to(start)) if p.is_relative_to(start) else getattr(TrialConfig, key)
+            replaced[key] = value
+    return out, replaced
+
+
 def save_export(directory: str | os.PathLike, classifier_state: dict[str, torch.Tensor], config: dict,
                 generator_state: dict[str, torch.Tensor] | None = None, provenance: dict[str, Any] | None = None) -> Path:
-    """Write an export directory: safetensors weights, config.json, export.json (with hashes)."""
+    """Write an export directory: safetensors weights, config.json (paths relative, see
+    portable_paths), export.json (with hashes); every file with the normal file mode."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    config, replaced = portable_paths(config)
     cfg = _config(config, str(d / CONFIG_FILE))
     meta = {"format": "l2lda-tune-export", "version": __version__, "dataset": cfg.dataset, "model": str(cfg.model)}
     _save_tensors(classifier_state, d / CLASSIFIER_FILE, {**meta, "module": "classifier"})
@@ -94,7 +122,12 @@ def save_export(directory: str | os.PathLike, classifier_state: dict[str, torch.
     atomic_write_text(d / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     info = {"format": EXPORT_FORMAT, "tool_version": __version__, "dataset": cfg.dataset, "model": cfg.model,
             "defense": cfg.defense, "files": files, **(provenance or {})}
+    if replaced:
+        info["trial_paths"] = replaced  # where the trial had them (provenance only)
     atomic_write_text(d / EXPORT_META, json.dumps(info, indent=2, sort_keys=True, default=str))
+    for name in (CLASSIFIER_FILE, GENERATOR_FILE, CONFIG_FILE, EXPORT_META):
+        if (d / name).is_file():
+            normal_mode(d / name)
     return d
 
 

@@ -202,6 +202,53 @@ def test_autoattack_below_pgd100_on_pgd_at(pgd_at):
     assert res.profile["budgets"]["autoattack"]["cascade"] == ["apgd_ce", "apgd_t", "fab_t", "square"]
 
 
+class _CountingForwards(nn.Module):
+    """Counts the examples that go through the classifier (every forward pass, with or without autograd)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.examples = 0
+
+    def forward(self, x):
+        self.examples += x.shape[0]
+        return self.inner(x)
+
+
+def test_autoattack_column_reuses_the_stage_columns_exactly(pgd_at):
+    exp = pgd_at
+    x, y = exp.data.test_x[:40], exp.data.test_y[:40]
+    ctx = EvalContext(cfg=exp.cfg.replace(square_queries=60), data=exp.data, device=exp.device, seed=3)
+    stages = ["apgd_ce", "apgd_t", "fab_t", "square"]
+
+    def matrix(columns):
+        model = _CountingForwards(exp.classifier)
+        res = robustness_matrix(model, x, y, columns=columns, eps=0.3, ctx=ctx, masking=False)
+        return res, model.examples
+
+    alone, n_alone = matrix(["autoattack"])
+    with_stages, n_with = matrix([*stages, "autoattack"])
+    stages_only, n_stages = matrix(stages)
+    first, _ = matrix(["autoattack", "apgd_t"])  # the stage runs for autoattack, the column reuses it
+    # Same seeds: the same per-example correctness vector whether or not the stages are columns too.
+    assert np.array_equal(alone.correct["autoattack"], with_stages.correct["autoattack"])
+    assert np.array_equal(alone.correct["autoattack"], first.correct["autoattack"])
+    assert np.array_equal(first.correct["apgd_t"], stages_only.correct["apgd_t"])
+    # Worst case per example over the stages, as the stage columns computed them.
+    worst = np.logical_and.reduce([stages_only.correct[s] for s in stages])
+    assert np.array_equal(with_stages.correct["autoattack"], worst)
+    assert with_stages.metrics["matrix/worst"] == float(worst.mean())
+    # The stages actually differ (a cascade that only repeated APGD-CE would not pass this) ...
+    assert with_stages.correct["autoattack"].sum() < with_stages.correct["apgd_ce"].sum()
+    # ... and next to its stage columns, autoattack costs no classifier forward at all.
+    assert n_with == n_stages
+    assert n_alone == n_stages
+    assert with_stages.profile["composites"]["autoattack"]["reused"] == stages
+    assert alone.profile["composites"]["autoattack"]["reused"] == []
+    assert "apgd_ce" not in alone.correct  # stages that are not columns are not reported as columns
+    assert set(alone.profile["budgets"]["autoattack"]["stages"]) == set(stages)
+
+
 def test_autoattack_cascade_returns_first_fooling_point(plain):
     model = plain.classifier.eval()
     x, y = plain.data.test_x[:60], plain.data.test_y[:60]

@@ -1,0 +1,135 @@
+"""Progress on every long wait: the matrix's progress records, the trial's board, the table's lines."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainable.config import TrialConfig
+from trainable.evaluation import EvalContext, Progress, robustness_matrix
+from trainable.text import Clock, duration
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """An untrained LeNet-5 and 24 test points labelled with its own predictions (all clean-correct)."""
+    from trainable.data import load_dataset
+    from trainable.models import build_classifier
+
+    torch.manual_seed(0)
+    cfg = TrialConfig.from_dict(dict(dataset="mnist5k", batch_size=16, gen_attack_steps=3, gen_width=4,
+                                     square_queries=5)).resolved()
+    data = load_dataset("mnist5k")
+    model = build_classifier(cfg.model_name, cfg.dataset).eval()
+    x = data.test_x[:24]
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return cfg, data, model, x, y
+
+
+def test_matrix_reports_each_column_and_batch(tiny):
+    cfg, data, model, x, y = tiny
+    records: list[Progress] = []
+    lines: list[str] = []
+    ctx = EvalContext(cfg=cfg, data=data, device=torch.device("cpu"), seed=0, log=lines.append,
+                      progress=records.append)
+    res = robustness_matrix(model, x, y, columns=["natural", "fgsm", "gap", "square"], eps=0.3, ctx=ctx,
+                            batch_size=10, masking=False)
+    assert records[-1].finished and records[-1].count == 4
+    running = [r for r in records if not r.finished]
+    # every column appears, in the matrix's order, with its 1-based position
+    order = list(dict.fromkeys((r.column, r.index) for r in running if r.unit == "examples"))
+    assert order == [("fgsm", 2), ("gap", 3), ("square", 4)]
+    for col in ("fgsm", "gap", "square"):
+        done = [r.done for r in running if r.column == col and r.unit == "examples"]
+        assert done[0] == 0 and done[-1] == 24 and done == sorted(done)
+    # the generator column's attacker training is reported (at most once a second, and its last
+    # step) before its attack runs
+    training = [r for r in running if r.unit == "training steps"]
+    steps = [r.done for r in training]
+    assert steps[0] >= 1 and steps[-1] == 3 and steps == sorted(steps)
+    assert all(r.total == 3 and r.index == 3 for r in training)
+    assert running.index(training[-1]) < min(i for i, r in enumerate(running) if r.column == "gap")
+    assert all(r.column == "gap training" for r in training)
+    elapsed = [r.elapsed for r in records]
+    assert elapsed == sorted(elapsed)
+    assert all(r.left is None or r.left >= 0 for r in records)
+    assert any(r.left is not None and r.left > 0 for r in running)  # an estimate once work is done
+    # one line per column with elapsed time and an estimate
+    assert "matrix 3/4: preparing gap" in lines
+    assert any(ln.startswith("matrix: gap = ") and "elapsed" in ln for ln in lines)
+    # the table's time of a generator column includes its attacker's training
+    assert res.timings["gap"] >= res.timings["prepare/gap"] > 0
+
+
+def test_progress_line_and_clock():
+    p = Progress("pgd100", 4, 13, 240, 480, "examples", 80.0, 185.0)
+    assert p.line() == "matrix 4/13 pgd100: 240/480 examples, 1 min 20 s elapsed, about 3 min 5 s left"
+    assert Progress(**p.to_dict()) == p
+    assert duration(42) == "42 s" and duration(4000) == "1 h 6 min"
+    out: list[str] = []
+    c = Clock(out.append, "report", every=0)
+    c.stage("reading runs")
+    c.tick("matrices downloaded", 1, 4)
+    c.tick("matrices downloaded", 4, 4)
+    assert out[0].startswith("report: reading runs (") and out[0].endswith("elapsed)")
+    assert out[1].startswith("report: matrices downloaded 1/4 (") and "left)" in out[1]
+    assert out[2].startswith("report: matrices downloaded 4/4 (") and "left" not in out[2]
+
+
+def test_trial_posts_matrix_progress_to_the_board(tmp_path, monkeypatch, ray_session):
+    """The finishing step's matrix posts its progress where the driver's table reads it."""
+    import ray
+    import ray.tune.trainable.trainable as ray_trainable
+
+    from orchestrator.progress import MatrixCLIReporter, progress_lines
+    from trainable.trainable import L2LDATrainable, progress_board
+
+    monkeypatch.setattr(ray_trainable, "DEFAULT_STORAGE_PATH", str(tmp_path / "ray_results"))
+    board = progress_board(create=True)
+    cfg = dict(dataset="mnist5k", defense="plain", batch_size=10, warmup=0, iterations=2, steps_per_report=2,
+               val_subset=10, test_subset=10, eval_columns=["natural", "fgsm", "pgd10"], threads=1,
+               cache_dir=str(tmp_path / "cache"))
+    t = L2LDATrainable(config=cfg)
+    last = t.train()
+    assert last["done"] is True
+    rec = ray.get(board.get.remote([t.trial_id]))[t.trial_id]
+    assert rec["finished"] and rec["count"] == 3
+    t.stop()
+
+    # A running trial's record becomes one status line of the progress table.
+    ray.get(board.put.remote("abc", Progress("pgd10", 3, 3, 5, 10, "examples", 12.0, 6.0).to_dict()))
+
+    class FakeTrial:
+        trial_id, status = "abc", "RUNNING"
+
+        def __str__(self) -> str:
+            return "L2LDATrainable_abc_00000"
+
+    lines = MatrixCLIReporter()._matrix_lines([FakeTrial()])
+    assert lines == ["test matrix L2LDATrainable_abc_00000: 3/3 pgd10: 5/10 examples, 12 s elapsed, about 6 s left"]
+    assert progress_lines({"abc": {**Progress("x", 1, 1, 0, 0, "", 0.0, 0.0).to_dict(), "finished": True}},
+                          {"abc": "t"}) == []
+
+
+from _ray_fixtures import ray_session  # noqa: E402,F401  (fixture)
+
+
+def test_eval_prints_threads_and_a_line_per_column(tiny, tmp_path):
+    from _ray_fixtures import run_cli
+
+    from orchestrator.evaluate import eval_command
+
+    cfg, data, model, x, y = tiny
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("normalize.")}
+    torch.save(sd, tmp_path / "lenet.pt")
+    lines: list[str] = []
+    res = eval_command(checkpoint=str(tmp_path / "lenet.pt"), columns=["natural", "fgsm", "pgd10"], test_subset=20,
+                       threads=1, log=lines.append)
+    assert torch.get_num_threads() == 1 and lines[0] == "eval: 1 torch thread"
+    assert "matrix 2/3: preparing fgsm" in lines and "matrix 3/3: preparing pgd10" in lines
+    done = [ln for ln in lines if ln.startswith(("matrix: fgsm = ", "matrix: pgd10 = "))]
+    assert len(done) == 2 and all("elapsed" in ln for ln in done)
+    assert np.isfinite(res.metrics["matrix/worst"])
+    bad = run_cli("eval", "--checkpoint", str(tmp_path / "lenet.pt"), "--threads", "-1", cwd=tmp_path, timeout=300)
+    assert bad.returncode == 2 and "--threads" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
