@@ -29,6 +29,19 @@ def preserve_mode(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
             m.training = mode
 
 
+@contextmanager
+def frozen_params(model: nn.Module) -> Iterator[nn.Module]:
+    """Parameters of `model` do not require grad inside (restored after): an attack's graphs reach the input only."""
+    thawed = [p for p in model.parameters() if p.requires_grad]
+    for p in thawed:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in thawed:
+            p.requires_grad_(True)
+
+
 def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
     """C&W margin (κ = 0): max_{j≠y} z_j − z_y, per example. Positive ⇔ misclassified."""
     true = logits.gather(1, y[:, None]).squeeze(1)
