@@ -8,7 +8,7 @@ in [1e-3, 10], ε_step fraction uniform in [0.1, 1], T an integer in [1, 4].
 
 Per-trial budget at the default settings (chosen so the whole run fits ~20 min on 2 cores):
 LeNet-5, ε = 0.1 (at 0.3 tiny budgets leave val/worst ≈ 0 everywhere), generator width 4,
-batch 32, a clean warm-up of 150 iterations (computed once, shared through the warm-up cache),
+batch 32, a clean warm-up of 300 iterations (computed once, shared through the warm-up cache),
 then 40 L2L-DA iterations with a report every 10 (4 reports); val/worst on 200 fixed
 validation points (natural, PGD10). 10 trials per search, seeds 0–4.
 
@@ -44,7 +44,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 METRIC = "val/worst"
 SPACE = {"lam": {"loguniform": [1e-3, 10.0]}, "eps_step_frac": {"uniform": [0.1, 1.0]}, "T": {"int": [1, 4]}}
-BASE = dict(dataset="mnist5k", defense="l2lda", eps=0.1, gen_width=4, batch_size=32, warmup=150, iterations=40,
+BASE = dict(dataset="mnist5k", defense="l2lda", eps=0.1, gen_width=4, batch_size=32, warmup=300, iterations=40,
             steps_per_report=10, val_subset=200, val_columns=["natural", "pgd10"], eval_columns=["natural"],
             test_subset=50, gen_attack_steps=0)
 
