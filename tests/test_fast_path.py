@@ -22,6 +22,7 @@ from trainable.generator import (EAGER, Generator, L2LStarGenerator, RolloutKern
                                  ce_and_input_gradient_functional, diversity_loss, generator_update, rollout)
 from trainable.l2lda import generator_step, l2lda_losses
 from trainable.models import build_classifier
+from trainable.runner import Experiment
 
 EPS, STEP, T, LAM = 0.3, 0.075, 3, 0.02
 # Float tolerance of "exact": the new path sums the same terms in another order; the kicked
@@ -197,6 +198,8 @@ def test_amp_is_cuda_only_with_one_line_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"^amp: bf16 runs on CUDA only \(this trial's device is cpu\)"):
             build_kernels(cfg, torch.device("cpu"))
+        with pytest.raises(ConfigError, match=r"^amp: bf16 runs on CUDA only"):
+            Experiment(cfg, use_cache=False)  # before any data is loaded or model built
 
 
 def test_options_are_recorded_as_params():

@@ -83,11 +83,11 @@ class Experiment:
         self.log = log or (lambda msg: None)
         self.threads = set_threads(cfg.threads)
         self.device = resolve_device(cfg)
+        amp_dtype(cfg.amp, self.device)  # bf16 is CUDA only: a one-line ConfigError before any work
         self.data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, self.device)
         shape, ncls = self.data.shape, self.data.num_classes
         torch.manual_seed(cfg.seed)
         self.classifier = build_classifier(cfg.model, cfg.dataset, shape[0]).to(self.device)
-        amp_dtype(cfg.amp, self.device)  # bf16 is CUDA only: a one-line ConfigError before any work
         if cfg.channels_last:  # docs/performance.md: NHWC wins on CPU (oneDNN) as on CUDA
             self.classifier = self.classifier.to(memory_format=torch.channels_last)
         self.clf_opt = torch.optim.SGD(self.classifier.parameters(), lr=cfg.lr, momentum=cfg.momentum,
