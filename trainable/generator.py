@@ -143,9 +143,9 @@ class ZConv2d(nn.Conv2d):
         m = F.conv2d(ones, w[:, c:].transpose(0, 1).reshape(zc * o, 1, *k), None, self.stride, self.padding)
         ho, wo = out.shape[2:]
         if is_channels_last(out):
-            zterm = (zf @ m.view(zc, o, ho * wo).transpose(1, 2).reshape(zc, -1)).view(-1, ho, wo, o).permute(0, 3, 1, 2)
+            zterm = (zf @ m.reshape(zc, o, ho * wo).transpose(1, 2).reshape(zc, -1)).view(-1, ho, wo, o).permute(0, 3, 1, 2)
         else:
-            zterm = (zf @ m.view(zc, -1)).view(-1, o, ho, wo)
+            zterm = (zf @ m.reshape(zc, -1)).view(-1, o, ho, wo)
         return out.add_(zterm.to(out.dtype))
 
 
