@@ -54,7 +54,7 @@ SURROGATE_LETTERS = tuple(SURROGATES)  # Table 3's columns: the transfer column'
 ABLATION_FLAGS = ("recursive", "diversity", "use_delta", "use_label", "grad_norm")
 ABLATION_SHORT = {"recursive": "R", "diversity": "D", "use_delta": "δ", "use_label": "y", "grad_norm": "g"}
 # Params that describe how a trial ran, not what was trained: never split rows.
-NON_IDENTITY = {"seed", "device", "threads", "gpu_fraction", "channels_last", "amp", "data_root", "download",
+NON_IDENTITY = {"seed", "device", "threads", "gpu_fraction", "compile", "channels_last", "amp", "data_root", "download",
                 "cache_dir", "steps_per_report", "val_subset", "val_columns", "eval_columns", "test_subset",
                 "eval_batch_size", "eps_curve"}
 FLAG_TEXT = {

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from trainable.text import quote
 
 AUGMENT_CHOICES = ("auto", True, False)
+AMP_CHOICES = ("bf16",)
 
 
 def default_augment(defense: str, dataset: str) -> bool:
@@ -120,8 +121,10 @@ class TrialConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch threads; 0 → the CPU share given by the scheduler (or 1)
     gpu_fraction: float = 0.0  # caps CUDA memory to this share when in (0, 1)
-    channels_last: bool = False  # GPU only
-    amp: bool = False  # bf16 autocast, GPU only
+    # Execution options of the training step (docs/performance.md); none changes what is computed.
+    compile: bool = False  # torch.compile the rollout's per-step kernels (eager fallback, one line, if unavailable)
+    channels_last: bool = False  # generator and classifier stored NHWC (CPU and CUDA)
+    amp: str | None = None  # "bf16": the generator under bf16 autocast, CUDA only; the classifier's loss stays fp32
     # --- reporting and evaluation ---
     steps_per_report: int = 100  # iterations per Tune step()
     val_subset: int = 200  # fixed validation points for val/ metrics
@@ -280,6 +283,9 @@ class TrialConfig:
         need(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
         need(0 <= self.gpu_fraction, "gpu_fraction", f"must be >= 0, got {self.gpu_fraction}")
         need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "device", f"unknown device {quote(self.device)}")
+        need(self.amp is None or self.amp in AMP_CHOICES, "amp", f"expected null or one of {', '.join(AMP_CHOICES)}, got {quote(self.amp)}")
+        need(self.amp is None or not self.device.startswith(("cpu", "mps")), "amp",
+             f"{self.amp} runs on CUDA only (device is {self.device}); set amp: null")
         need(self.steps_per_report >= 1, "steps_per_report", f"must be >= 1, got {self.steps_per_report}")
         need(self.val_subset >= 1, "val_subset", f"must be >= 1, got {self.val_subset}")
         need(self.test_subset >= 0, "test_subset", f"must be >= 0, got {self.test_subset}")
@@ -315,6 +321,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         return tuple(_coerce(key, v, args[0]) for v in value)
     if key == "lr_decay_at" and value == "auto":
         return value
+    if key == "amp":
+        if value is None or value is False:  # false: how configs before the bf16 option spelt "off"
+            return None
+        if value in AMP_CHOICES:
+            return value
+        raise ConfigError(f"amp: expected null or one of {', '.join(AMP_CHOICES)}, got {quote(value)}")
     if key == "augment":
         if isinstance(value, bool) or value == "auto":
             return value

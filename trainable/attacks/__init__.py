@@ -8,12 +8,13 @@ generator columns (L2L-DA, AdvGAN, GAP; :mod:`trainable.attacks.generative`) and
 from surrogates (:mod:`trainable.attacks.transfer`). Inputs in [0, 1]; every attack returns
 x_adv in the ε-ball and [0, 1], takes gradients w.r.t. the input only and restores modes.
 """
-from trainable.attacks.gradient import AttackFn, PGDColumn, fgsm, fgsm_column, margin_loss, pgd, preserve_mode
+from trainable.attacks.gradient import (AttackFn, PGDColumn, fgsm, fgsm_column, frozen_params, margin_loss, pgd,
+                                        preserve_mode)
 from trainable.attacks.registry import (COLUMNS, KINDS, ColumnEntry, column_of, column_steps, has_role,
                                         profile_settings, table_columns, with_role)
 
 __all__ = ["COLUMNS", "KINDS", "AttackFn", "ColumnEntry", "PGDColumn", "column_of", "column_steps", "fgsm",
-           "fgsm_column", "has_role", "margin_loss", "pgd", "preserve_mode", "profile_settings", "table_columns",
+           "fgsm_column", "frozen_params", "has_role", "margin_loss", "pgd", "preserve_mode", "profile_settings", "table_columns",
            "with_role"]
 
 

@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainable.attacks.gradient import margin_loss, preserve_mode
+from trainable.attacks.gradient import frozen_params, margin_loss, preserve_mode
 
 # AutoAttack "standard" settings (Croce & Hein 2020, §5).
 APGD_STEPS = 100
@@ -144,7 +144,7 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int = APG
     x = x.detach()
     n = len(x)
     dev = x.device
-    with preserve_mode(model, False):
+    with preserve_mode(model, False), frozen_params(model):  # gradients reach the input only
         if loss == "dlr_targeted":
             if target_class is None:
                 raise ValueError("target_class: required for loss='dlr_targeted'")
@@ -375,7 +375,7 @@ def fab_targeted(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: i
             raise ValueError(f"{name}: out of range, got {v}")
     x = x.detach()
     dev = x.device
-    with preserve_mode(model, False):
+    with preserve_mode(model, False), frozen_params(model):  # gradients reach the input only
         with torch.no_grad():
             logits = model(x)
         ncls = logits.shape[1]

@@ -1,10 +1,11 @@
 """Gradient attacks in ℓ∞, x in [0, 1] (Goodfellow et al. 2015; Madry et al. 2018; Carlini & Wagner 2017).
 
 Conventions: budgets are keyword-only; attacks return x_adv, never δ;
-gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so no
-parameter collects a stray ``.grad``; the model runs in eval mode and its mode is
-restored in ``finally``. The matrix columns built on them, with the paper's settings,
-are entries of :mod:`trainable.attacks.registry`.
+gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, with the
+model's parameters frozen (``requires_grad`` off, restored after: no graph edge to a
+parameter is built and none collects a stray ``.grad``); the model runs in eval mode
+and its mode is restored in ``finally``. The matrix columns built on them, with the
+paper's settings, are entries of :mod:`trainable.attacks.registry`.
 """
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ def preserve_mode(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+@contextmanager
+def frozen_params(model: nn.Module) -> Iterator[nn.Module]:
+    """Parameters of `model` do not require grad inside (restored after): an attack's graphs reach the input only."""
+    thawed = [p for p in model.parameters() if p.requires_grad]
+    for p in thawed:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in thawed:
+            p.requires_grad_(True)
 
 
 def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
@@ -56,7 +70,7 @@ def _uniform_like(x: Tensor, eps: float, generator: torch.Generator | None) -> T
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, train_mode: bool = False) -> Tensor:
     """Fast Gradient Sign Method (Goodfellow et al. 2015): one signed step of size ε on CE."""
-    with preserve_mode(model, train_mode):
+    with preserve_mode(model, train_mode), frozen_params(model):
         x0 = x.detach().clone().requires_grad_(True)
         loss = F.cross_entropy(model(x0), y, reduction="sum")
         (g,) = torch.autograd.grad(loss, x0)
@@ -81,7 +95,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: float, step
     best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
     best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     active = torch.arange(x.shape[0], device=x.device)
-    with preserve_mode(model, train_mode):
+    with preserve_mode(model, train_mode), frozen_params(model):
         for i in range(steps + 1):
             xa = x_adv[active].requires_grad_(i < steps)
             ya = y[active]

@@ -17,17 +17,22 @@ import torch.nn as nn
 from torch import Tensor
 
 from trainable.defenses.base import Defense
+from trainable.fast import build_kernels
 from trainable.generators.losses import generator_step, l2lda_losses, l2lstar_loss
 from trainable.generators.nets import Generator, L2LStarGenerator, build_generator
 
 
 class _GeneratorDefense(Defense):
-    """Shared set-up: the generator, its own SGD optimiser (cfg.gen_lr, momentum, weight decay)."""
+    """Shared set-up: the generator, its own SGD optimiser (cfg.gen_lr, momentum, weight decay),
+    the rollout kernels of the execution options (docs/performance.md)."""
 
     def __init__(self, cfg: Any, classifier: nn.Module, shape: tuple[int, int, int], num_classes: int,
                  device: torch.device) -> None:
         super().__init__(cfg, classifier, shape, num_classes, device)
         self.generator = build_generator(cfg, shape, num_classes).to(device)
+        if getattr(cfg, "channels_last", False):
+            self.generator = self.generator.to(memory_format=torch.channels_last)
+        self.kernels = build_kernels(cfg, device)
         self.optimizer = torch.optim.SGD(self.generator.parameters(), lr=cfg.gen_lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.generator.train()
@@ -53,7 +58,7 @@ class L2LDADefense(_GeneratorDefense):
         self.generator.train()
         loss_cls, loss_div, adv1, adv2 = l2lda_losses(
             self.generator, self.classifier, x, y, cfg.z_dim, eps=cfg.eps_value, eps_step=cfg.eps_step,
-            steps=cfg.gen_steps)
+            steps=cfg.gen_steps, kernels=self.kernels)
         lam = cfg.lam_value
         # λ = 0 (diversity off) drops the term so its graph is not even differentiated.
         objective = loss_cls + lam * loss_div if lam > 0 else loss_cls
@@ -70,7 +75,8 @@ class L2LStarDefense(_GeneratorDefense):
 
     def batch(self, x: Tensor, y: Tensor, iteration: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         self.generator.train()
-        loss_cls, x_adv = l2lstar_loss(self.generator, self.classifier, x, y, eps=self.cfg.eps_value)
+        loss_cls, x_adv = l2lstar_loss(self.generator, self.classifier, x, y, eps=self.cfg.eps_value,
+                                       kernels=self.kernels)
         generator_step(self.generator, self.optimizer, loss_cls, self.cfg.grad_clip)
         return torch.cat([x, x_adv.detach()]), torch.cat([y, y]), {"train/loss_cls": loss_cls.detach()}
 

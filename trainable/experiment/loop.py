@@ -28,6 +28,7 @@ from trainable.evaluation.matrix import EvalContext, MatrixResult, robustness_ma
 from trainable.experiment.resources import resolve_device, set_threads
 from trainable.experiment.warmup import WarmupCache
 from trainable.models.classifiers import build_classifier
+from trainable.fast import amp_dtype
 
 
 class DivergenceError(FloatingPointError):
@@ -49,11 +50,12 @@ class Experiment:
         self.matrix_progress: Callable[[Any], None] | None = None
         self.threads = set_threads(cfg.threads)
         self.device = resolve_device(cfg)
+        amp_dtype(cfg.amp, self.device)  # bf16 is CUDA only: a one-line ConfigError before any work
         self.data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, self.device)
         shape, ncls = self.data.shape, self.data.num_classes
         torch.manual_seed(cfg.seed)
         self.classifier = build_classifier(cfg.model, cfg.dataset, shape[0]).to(self.device)
-        if cfg.channels_last and self.device.type == "cuda":
+        if cfg.channels_last:  # docs/performance.md: NHWC wins on CPU (oneDNN) as on CUDA
             self.classifier = self.classifier.to(memory_format=torch.channels_last)
         self.clf_opt = torch.optim.SGD(self.classifier.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                        weight_decay=cfg.weight_decay)
@@ -106,6 +108,8 @@ class Experiment:
             x, y = self.data.train_x[idx], self.data.train_y[idx]
             if cfg.augment:  # resolved: the source's choice for this defense unless forced
                 x = augment(x, cfg.dataset, self.aug_rng)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             adversarial = it >= cfg.warmup and self.adversarial
             if adversarial:
                 xt, yt, m = self.defense.batch(x, y, it)

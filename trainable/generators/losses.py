@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from trainable.generators.nets import Generator, L2LStarGenerator
-from trainable.generators.rollout import rollout
+from trainable.generators.rollout import RolloutKernels, rollout
 
 
 def diversity_loss(adv1: Sequence[Tensor], adv2: Sequence[Tensor], z1: Tensor, z2: Tensor) -> Tensor:
@@ -41,29 +41,32 @@ def generator_step(generator: nn.Module, optimizer: torch.optim.Optimizer, loss_
 
 
 def l2lda_losses(generator: Generator, classifier: nn.Module, x: Tensor, y: Tensor, z_dim: int, *, eps: float,
-                 eps_step: float, steps: int, z_generator: torch.Generator | None = None
+                 eps_step: float, steps: int, z_generator: torch.Generator | None = None,
+                 kernels: RolloutKernels | None = None, z: Tensor | None = None
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Algorithm 1's generator losses on one batch: (L_cls, L_div, x_adv(T)(z1), x_adv(T)(z2)).
 
     The batch is doubled with z1, z2 ~ N(0, I) fixed over the T steps; the rollout is
     differentiable through δ. L_cls = (1/T) Σ_t CE(f(x_adv(t)), y) over the doubled batch
-    (Eq. 6); L_div is Eq. 7 between the two halves.
+    (Eq. 6); L_div is Eq. 7 between the two halves. `kernels`: the rollout's execution
+    options (docs/performance.md); `z`: the doubled batch's latents when given, else drawn.
     """
     n = x.shape[0]
-    z = _randn((2 * n, z_dim), z_generator, x)
+    if z is None:
+        z = _randn((2 * n, z_dim), z_generator, x)
     xx, yy = torch.cat([x, x]), torch.cat([y, y])
     advs, losses = rollout(generator, classifier, xx, yy, z, eps=eps, eps_step=eps_step, steps=steps,
-                           differentiable=True, with_losses=True)
+                           differentiable=True, with_losses=True, kernels=kernels)
     loss_cls = torch.stack([l.mean() for l in losses]).mean()
     loss_div = diversity_loss([a[:n] for a in advs], [a[n:] for a in advs], z[:n], z[n:])
     return loss_cls, loss_div, advs[-1][:n], advs[-1][n:]
 
 
 def l2lstar_loss(generator: L2LStarGenerator, classifier: nn.Module, x: Tensor, y: Tensor, *,
-                 eps: float) -> tuple[Tensor, Tensor]:
+                 eps: float, kernels: RolloutKernels | None = None) -> tuple[Tensor, Tensor]:
     """L2L*: x_adv = clip(x + ε·g(x, ∇L(x)), 0, 1); returns (CE(f(x_adv), y), x_adv)."""
     advs, losses = rollout(generator, classifier, x, y, None, eps=eps, eps_step=eps, steps=1,
-                           differentiable=True, with_losses=True)
+                           differentiable=True, with_losses=True, kernels=kernels)
     return losses[0].mean(), advs[0]
 
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+
 def _init_weights(module: nn.Module) -> None:
     """The authors' init: DCGAN-style N(0, 0.02) for conv weights, xavier-uniform for the z-MLP's Linear weights.
 
@@ -83,9 +84,9 @@ class UNet(nn.Module):
         w, zc = width, (8 if z_dim > 0 else 0)
         self.z_dim, self.zc = z_dim, zc
         self.z_mlp = nn.Sequential(nn.Linear(z_dim, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU()) if z_dim > 0 else None
-        self.down0 = nn.Conv2d(in_channels + zc, w, 3, 1, 1, bias=False)
-        self.down1 = nn.Conv2d(w + zc, w, 4, 2, 1, bias=False)
-        self.down2 = nn.Conv2d(w + zc, 2 * w, 4, 2, 1, bias=False)
+        self.down0 = ZConv2d(in_channels + zc, w, 3, 1, 1, bias=False)
+        self.down1 = ZConv2d(w + zc, w, 4, 2, 1, bias=False)
+        self.down2 = ZConv2d(w + zc, 2 * w, 4, 2, 1, bias=False)
         self.up2 = nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False)
         self.up1 = nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False)
         self.out = nn.Conv2d(2 * w, out_channels, 3, 1, 1, bias=False)
@@ -93,22 +94,49 @@ class UNet(nn.Module):
         self.norm1, self.norm_up2, self.norm_up1 = norm(w), norm(w), norm(w)
         _init_weights(self)
 
-    @staticmethod
-    def _tile(h: Tensor, zf: Tensor | None) -> Tensor:
-        if zf is None:
-            return h
-        return torch.cat([h, zf[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])], 1)
-
     def body(self, inp: Tensor, z: Tensor | None = None, y: Tensor | None = None) -> Tensor:
         if inp.shape[2] % 4 or inp.shape[3] % 4:
             raise ValueError(f"generator input: spatial size must be divisible by 4, got {tuple(inp.shape[2:])}")
+        if is_channels_last(self.down0.weight):
+            inp = inp.contiguous(memory_format=torch.channels_last)
         zf = self.z_mlp(z) if self.z_mlp is not None else None
-        d0 = F.leaky_relu(self.down0(self._tile(inp, zf)), 0.2)
-        d1 = F.leaky_relu(self.norm1(self.down1(self._tile(d0, zf)), y), 0.2)
-        d2 = F.leaky_relu(self.down2(self._tile(d1, zf)), 0.2)
+        d0 = F.leaky_relu(self.down0(inp, zf), 0.2)
+        d1 = F.leaky_relu(self.norm1(self.down1(d0, zf), y), 0.2)
+        d2 = F.leaky_relu(self.down2(d1, zf), 0.2)
         u2 = torch.cat([F.relu(self.norm_up2(self.up2(d2), y)), d1], 1)
         u1 = torch.cat([F.relu(self.norm_up1(self.up1(u2), y)), d0], 1)
         return torch.tanh(self.out(u1))
+
+
+def is_channels_last(t: Tensor) -> bool:
+    """Whether a 4-d tensor is stored NHWC (and not also plain contiguous, as 1-channel tensors can be)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+class ZConv2d(nn.Conv2d):
+    """A convolution over ``[h, tile(zf)]`` (h's channels, then the z features tiled to H×W) that never builds the tiles.
+
+    The z features are constant over H×W, so their share of the convolution is, per output
+    position, a fixed linear map of zf: M[k] = the response of z channel k's weights to a
+    plane of ones (zero padding included, so the border is exact). One small convolution
+    gives M, one matmul gives zf·M, added to the convolution of h alone (docs/performance.md).
+    Same parameters (and state-dict keys) as the ``nn.Conv2d`` over the concatenation.
+    """
+
+    def forward(self, h: Tensor, zf: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        if zf is None:
+            return super().forward(h)
+        c, w = h.shape[1], self.weight
+        out = F.conv2d(h, w[:, :c], None, self.stride, self.padding)
+        zc, o, k = zf.shape[1], w.shape[0], w.shape[2:]
+        ones = torch.ones((1, 1) + tuple(h.shape[2:]), dtype=h.dtype, device=h.device)
+        m = F.conv2d(ones, w[:, c:].transpose(0, 1).reshape(zc * o, 1, *k), None, self.stride, self.padding)
+        ho, wo = out.shape[2:]
+        if is_channels_last(out):
+            zterm = (zf @ m.reshape(zc, o, ho * wo).transpose(1, 2).reshape(zc, -1)).view(-1, ho, wo, o).permute(0, 3, 1, 2)
+        else:
+            zterm = (zf @ m.reshape(zc, -1)).view(-1, o, ho, wo)
+        return out.add_(zterm.to(out.dtype))
 
 
 class Generator(UNet):
