@@ -213,6 +213,7 @@ def test_resume_reuses_parent_and_child_runs_with_one_history(store, tiny_run):
     first.setup()
     t = FakeTrial("r0001", config, checkpoint=ckpt)
     replay(first, t, results, steps=range(1, 3), complete=False)  # driver interrupted after step 2
+    first.sync()  # the writer thread has created the runs
     state = first.get_state()
     assert state and state["trial_runs"]["r0001"]
     # Ctrl-C: Tune ends the experiment with the trial still RUNNING (atexit does the same
@@ -282,6 +283,7 @@ def test_store_outage_queues_records_and_writes_them_later(store, tiny_run):
     t = FakeTrial("o0001", config, checkpoint=ckpt)
     flaky.down = True
     replay(cb, t, results)  # the whole trial while the store is down: nothing raises
+    cb.sync()  # the writer thread has tried to write them
     assert cb._pending() > 0
     assert sum("unavailable" in ln for ln in lines) == 1
     flaky.down = False
