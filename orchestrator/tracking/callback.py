@@ -233,11 +233,11 @@ class MLflowCallback(Callback):
         # writes what it queued and marks the sweep INTERRUPTED; --resume reopens the runs.
         atexit.register(self._at_exit)
 
-    def _at_exit(self) -> None:
+    def _at_exit(self, timeout: float | None = None) -> None:
         if self._ended or not self._started:
             return
         self._writer.submit(("interrupt", {"by": self.interrupted}))
-        self.close()
+        self.close(timeout)
 
     def interrupt(self, signame: str) -> None:
         """The driver got SIGINT/SIGTERM: from the next Tune step on, errors of trials are the

@@ -336,6 +336,7 @@ class Writer:
     def _end(self, body: Mapping[str, Any]) -> None:
         if self.parent is None:
             return
+        self._flush(force=True, ignore_backoff=True)  # every run exists before the outcome names one
         rows = self._sweep_rows(body.get("trials") or [])
         d = self._stage_dir("parent", "end")
         try:
