@@ -8,8 +8,9 @@ loss curves, sweep table, Pareto plot) and writes in batches through
 :class:`mlflow.MlflowClient` with explicit run ids. While the store is unreachable it keeps
 draining into memory and retries with back-off, so training never waits on an outage; what
 is still unwritten at :meth:`close` (after a few retries) is counted and named in one line.
-A second thread logs each finished trial's classifier as an MLflow LoggedModel (it takes
-seconds: a torch.export trace), so records never queue behind a model.
+A second thread does the slow, rare work — rendering each trial's matrix files and loss
+curves (a second or more of matplotlib each) and logging each finished trial's classifier as
+an MLflow LoggedModel (a torch.export trace) — so records never queue behind it.
 """
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ class Writer:
         self.lost = 0
         self.closed = False
         self._thread: threading.Thread | None = None
-        self._models = _ModelLogger(self)
+        self._side = _SideWorker(self)
 
     # ------------------------------------------------------------ controller side
     def start(self) -> None:
@@ -144,7 +145,7 @@ class Writer:
 
     def pending(self) -> int:
         runs = ([self.parent] if self.parent else []) + list(self.trials.values())
-        return sum(r.pending() for r in runs) + self.q.qsize() + self._models.pending()
+        return sum(r.pending() for r in runs) + self.q.qsize() + self._side.pending()
 
     # --------------------------------------------------------------- writer thread
     def _loop(self) -> None:
@@ -260,11 +261,7 @@ class Writer:
         matrix = body.get("matrix")
         if isinstance(matrix, Mapping) and "correct" in matrix:
             d = self._stage_dir(run.key, "matrix")
-            try:
-                for p in art.render_matrix(matrix, d, title=run.run_name):
-                    run.artifacts.append((str(p), None))
-            except Exception as exc:
-                self.say(f"mlflow: robustness matrix of {run.run_name} not rendered ({type(exc).__name__}: {exc})")
+            self._side.render(run, "robustness matrix", lambda: art.render_matrix(matrix, d, title=run.run_name))
             return True
         return bool(body.get("done"))
 
@@ -276,12 +273,9 @@ class Writer:
         run.status = body["status"]
         run.tags["status"] = body["status"]
         if run.history:
-            try:
-                p = art.write_curves(run.history, self._stage_dir(run.key, "curves") / art.CURVES_PNG,
-                                     title=run.run_name)
-                run.artifacts.append((str(p), None))
-            except Exception as exc:
-                self.say(f"mlflow: loss curves of {run.run_name} not rendered ({type(exc).__name__}: {exc})")
+            history = {k: list(v) for k, v in run.history.items()}
+            path = self._stage_dir(run.key, "curves") / art.CURVES_PNG
+            self._side.render(run, "loss curves", lambda: [art.write_curves(history, path, title=run.run_name)])
         ckpt = tags.get("checkpoint_path")
         if body["status"] == "FINISHED" and self.log_models and ckpt and "://" not in ckpt:
             run.model_checkpoint = ckpt
@@ -391,13 +385,13 @@ class Writer:
                              "metric": metric, "mode": mode, "value": pick.value})
 
     def _finish(self) -> None:
+        self._side.close()  # rendered files join their runs' records; logged models are done
         self._flush(force=True, ignore_backoff=True)
         for delay in self.retry_delays:
             if self.pending() == 0:
                 break
             time.sleep(delay)
             self._flush(force=True, ignore_backoff=True)
-        self._models.close()
         lost = self.pending()
         self.lost += lost + self.rejected
         if lost:
@@ -431,6 +425,7 @@ class Writer:
         self.down_since = None
 
     def _flush(self, force: bool = False, ignore_backoff: bool = False) -> None:
+        force = self._side.collect() or force
         now = time.monotonic()
         if self.down_since is not None and not ignore_backoff and now < self.next_try:
             return
@@ -538,7 +533,7 @@ class Writer:
                 client.log_artifact(run.run_id, path, where)
             run.artifacts.pop(0)
         if run.model_checkpoint:
-            self._models.submit(run, run.model_checkpoint)
+            self._side.log_model(run, run.model_checkpoint)
             run.model_checkpoint = None
         if run.terminate is not None:
             client.set_terminated(run.run_id, status=run.terminate)
@@ -570,37 +565,55 @@ class Writer:
                     self.say(f"mlflow: rejected {kind[:-1]} {getattr(item, 'key', '?')!r} ({first})")
 
 
-class _ModelLogger:
-    """Logs finished trials' classifiers as MLflow LoggedModels on its own thread."""
+class _SideWorker:
+    """The slow, rare work on its own thread, so records never queue behind it: rendering a
+    trial's matrix files and loss curves (the files then join the run's records on the writer
+    thread) and logging a finished trial's classifier as an MLflow LoggedModel."""
 
     def __init__(self, writer: Writer) -> None:
         self.w = writer
         self.q: queue.Queue = queue.Queue()
+        self.done: list[tuple[_Run, list]] = []
         self._thread: threading.Thread | None = None
         self._busy = 0
         self._lock = threading.Lock()
 
     def pending(self) -> int:
         with self._lock:
-            return self.q.qsize() + self._busy
+            return self.q.qsize() + self._busy + len(self.done)
 
-    def submit(self, run: _Run, checkpoint: str) -> None:
-        matrix = {k: v for k, v in run.latest.items() if k.startswith(("matrix/", "val/", "transfer/"))}
-        job = {"run_id": run.run_id, "name": run.run_name, "checkpoint": checkpoint, "metrics": matrix,
-               "step": max(run.last_step.values(), default=0),
-               "params": {k: run.config[k] for k in ("defense", "dataset", "model", "eps", "lam", "seed")
-                          if k in run.config}}
+    def _put(self, job: tuple) -> None:
         with self._lock:
             self.q.put(job)
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="l2lda-mlflow-models", daemon=True)
+            self._thread = threading.Thread(target=self._loop, name="l2lda-mlflow-side", daemon=True)
             self._thread.start()
+
+    def render(self, run: _Run, what: str, fn: Callable[[], list]) -> None:
+        self._put(("render", run, what, fn))
+
+    def log_model(self, run: _Run, checkpoint: str) -> None:
+        metrics = {k: v for k, v in run.latest.items() if k.startswith(("matrix/", "val/", "transfer/"))}
+        job = {"run_id": run.run_id, "name": run.run_name, "checkpoint": checkpoint, "metrics": metrics,
+               "step": max(run.last_step.values(), default=0),
+               "params": {k: run.config[k] for k in ("defense", "dataset", "model", "eps", "lam", "seed")
+                          if k in run.config}}
+        self._put(("model", job))
+
+    def collect(self) -> bool:
+        """On the writer thread: hand rendered files to their runs; True when there were any."""
+        with self._lock:
+            done, self.done = self.done, []
+        for run, paths in done:
+            run.artifacts.extend((str(p), None) for p in paths)
+        return bool(done)
 
     def close(self) -> None:
         if self._thread is not None:
             self.q.put(None)
             self._thread.join()
             self._thread = None
+        self.collect()
 
     def _loop(self) -> None:
         client = None
@@ -611,15 +624,25 @@ class _ModelLogger:
             with self._lock:
                 self._busy += 1
             try:
+                if job[0] == "render":
+                    _, run, what, fn = job
+                    try:
+                        paths = list(fn())
+                        with self._lock:
+                            self.done.append((run, paths))
+                    except Exception as exc:
+                        self.w.say(f"mlflow: {what} of {run.run_name} not rendered ({type(exc).__name__}: {exc})")
+                    continue
+                spec = job[1]
                 for attempt in range(MODEL_ATTEMPTS):
                     try:
                         client = client or make_client(self.w.tracking_uri)
-                        log_classifier(client, self.w.experiment_id, job)
+                        log_classifier(client, self.w.experiment_id, spec)
                         break
                     except Exception as exc:
                         if attempt + 1 == MODEL_ATTEMPTS or not _transient(exc):
                             first = (str(exc).strip().splitlines() or [""])[0][:200]
-                            self.w.say(f"mlflow: the classifier of {job['name']} was not logged as an MLflow model "
+                            self.w.say(f"mlflow: the classifier of {spec['name']} was not logged as an MLflow model "
                                        f"({type(exc).__name__}: {first})")
                             break
                         time.sleep(2.0 * (attempt + 1))
