@@ -176,6 +176,7 @@ def main() -> None:
         if "server" in stores:
             server, uris["server"] = start_server(root)
         for store, uri in uris.items():
+            sweep(uri, 2, 2, f"{store}-warmup")  # a fresh store/server pays its first requests here, untimed
             for n in counts:
                 rows.append((store, n, sweep(uri, n, args.reports, f"{store}-{n}")))
                 print(f"[bench] {store:6s} {n:3d} trials: {rows[-1][2]['sustained']:8.1f} results/s", flush=True)
