@@ -66,4 +66,6 @@ def best(candidates: Iterable[Candidate | None], mode: str) -> Candidate | None:
 
 
 def rule_text(metric: str, mode: str) -> str:
+    if metric == TIE_BREAK:
+        return f"best {metric} ({mode}); on a tie the earlier trial (lower index)"
     return RULE.format(metric=metric, mode=mode)

@@ -833,9 +833,10 @@ def tracking_info(callbacks: list, tracking_uri: str, name: str) -> dict[str, An
     for cb in callbacks:
         if getattr(cb, "sweep_name", None) != name:
             continue
-        info.update(parent_run_id=cb.parent_run_id, experiment_id=cb.experiment_id,
-                    run_names={tid: cb.run_name_of(tid) for tid in getattr(cb, "_seen", {})})
         outcome = cb.outcome
+        names = dict(outcome.get("run_names") or {})  # trials finished before a resume included
+        names.update({tid: cb.run_name_of(tid) for tid in getattr(cb, "_seen", {})})
+        info.update(parent_run_id=cb.parent_run_id, experiment_id=cb.experiment_id, run_names=names)
         if outcome.get("best_run_id"):
             info["best_run_id"] = outcome["best_run_id"]
     return info

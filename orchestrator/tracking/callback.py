@@ -274,7 +274,7 @@ class MLflowCallback(Callback):
         known = self._restored_trials.get(tid)
         self._writer.submit(("trial", {"key": tid, "name": name, "config": config, "tags": t, "known_id": known,
                                        "lookup": bool(known) or self.resume or bool(self._restored_parent),
-                                       "reopen": True}))
+                                       "reopen": False}))  # on_trial_start reopens a found run
         return tid
 
     @staticmethod

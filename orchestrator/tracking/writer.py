@@ -357,7 +357,8 @@ class Writer:
         tags.update({"num_trials": str(len(rows)), "num_failed": str(counts.get("FAILED", 0))})
         tags.update({f"trials.{s.lower()}": str(n) for s, n in sorted(counts.items())})
         self.outcome = {"counts": counts, "experiment_id": self.experiment_id,
-                        "parent_run_id": self.parent.run_id}
+                        "parent_run_id": self.parent.run_id,
+                        "run_names": {str(r["trial_id"]): str(r["run_name"]) for r in rows if r.get("run_name")}}
         if not self.objectives:
             return
         metric, mode = self.objectives[0]
