@@ -12,7 +12,6 @@ not artifact folders), logging one first for a run that has none.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil

@@ -500,3 +500,32 @@ def test_child_runs_are_named_and_hold_the_resolved_config_dataset_and_model(sto
     with torch.no_grad():
         acc = float((net(d.test_x[idx]).argmax(1) == d.test_y[idx]).float().mean())
     assert acc == pytest.approx(results[-1]["matrix/natural"])
+
+
+def test_a_full_queue_makes_reports_wait_and_loses_nothing(store, tiny_run):
+    """Back-pressure: with room for one record in flight and a slow store, every report still
+    arrives, in order, once."""
+    config, results, ckpt = tiny_run
+    cb = MLflowCallback(store, "unit-queue", SPEC, SPEC_TEXT, "sweep-q", flush_interval=0.0, retry_delays=(),
+                        max_queue=1, log_models=False)
+
+    class Slow(FlakyClient):
+        def __getattr__(self, name):
+            attr = super().__getattr__(name)
+            if name != "log_batch":
+                return attr
+            return lambda *a, **k: (time.sleep(0.05), attr(*a, **k))[1]
+
+    cb._client = Slow(make_client(store))
+    cb.setup()
+    trials = [FakeTrial(f"q_0000{i}", dict(config, lr=0.01 * (i + 1)), checkpoint=ckpt) for i in range(3)]
+    for t in trials:
+        replay(cb, t, results)
+    cb.on_experiment_end(trials=trials)
+    assert cb.lost == 0
+    client, parents, children = runs_of(store, "unit-queue")
+    assert len(children) == 3
+    for run in children.values():
+        for key in ("val/natural", "train/loss", "iteration"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
+        assert run.info.status == "FINISHED"
