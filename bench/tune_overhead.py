@@ -1,6 +1,7 @@
 """Orchestration overhead: samples/s of one trial inside Ray Tune (with MLflow tracking) vs the plain runner.
 
-Issue 7, item 4 (target: Ray / plain ≥ 0.95). Both sides run the same TrialConfig on one
+Target: Ray / plain ≥ 0.97 in the steady state with a checkpoint every report (the spec's
+default, docs/architecture.md, tracking: delivery). Both sides run the same TrialConfig on one
 torch thread (the Tune trial gets 1 CPU, so L2LDATrainable sets torch's threads to 1; the
 plain side sets threads=1). The Ray side is the product's path: Ray on loopback started by
 ``orchestrator.tune_runner.init_ray``, the Tuner from ``build_tuner`` with the callbacks of
@@ -152,7 +153,7 @@ def main() -> None:
     for k, label in labels.items():
         print(f"{label:26s} {fig['plain'][k]:9.1f} {fig['ray'][k]:11.1f} {fig['ray'][k] / fig['plain'][k]:7.3f}")
     ratio = fig["ray"]["steady"] / fig["plain"]["steady"]
-    print(f"ratio Ray / plain (steady state): {ratio:.3f}  (target ≥ 0.95: {'met' if ratio >= 0.95 else 'MISSED'})")
+    print(f"ratio Ray / plain (steady state): {ratio:.3f}  (target ≥ 0.97: {'met' if ratio >= 0.97 else 'MISSED'})")
 
 
 if __name__ == "__main__":

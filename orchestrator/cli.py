@@ -285,13 +285,14 @@ def run_command(*, space: str, name: str | None = None, address: str | None = No
 @click.option("--register", default=None, metavar="MODEL", help="Also register the model in MLflow under this name.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="MLflow tracking URI.")
 @click.option("--force", is_flag=True, help="Replace the export files in a non-empty --out folder.")
+@click.option("--sweep", default=None, help="Only this sweep's trials (its --name); default: every sweep of the study.")
 def export_cmd(experiment: str, out: str, metric: str | None, register: str | None, tracking_uri: str | None,
-               force: bool) -> None:
+               force: bool, sweep: str | None) -> None:
     """Export the best trial's weights, config, matrix and model card."""
     with user_errors():
         from orchestrator.export import export_command
 
-        export_command(experiment, out, metric, register, tracking_uri, force=force)
+        export_command(experiment, out, metric, register, tracking_uri, force=force, sweep=sweep)
 
 
 @cli.command("eval")

@@ -4,15 +4,16 @@
 objective): by default the study's first objective, recorded on the sweep's parent
 run, else ``val/worst``. The trial's checkpoint (MLflow tag ``checkpoint_path``) is read
 with ``weights_only=True`` — a checkpoint carrying a pickle payload is refused without
-running it — and written as safetensors + JSON with a model card. ``--register`` logs
-the classifier with ``mlflow.pytorch.log_model`` into the trial's run and registers it
-(MLflow 3 registers logged models, not artifact folders).
+running it — and written as safetensors + JSON with a model card. Ties are broken by the
+rule of :mod:`orchestrator.selection`; ``--sweep`` keeps one sweep's trials. ``--register``
+registers the LoggedModel the sweep logged for that trial (MLflow 3 registers logged models,
+not artifact folders), logging one first for a run that has none.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,9 +57,10 @@ def find_experiment(client: Any, name: str, uri: str) -> Any:
     return exp
 
 
-def study_objective(client: Any, experiment_id: str) -> tuple[str, str] | None:
-    """(metric, mode) recorded on the newest sweep (parent run) of the experiment."""
-    runs = client.search_runs([experiment_id], f"tags.role = '{ROLE_SWEEP}'", max_results=1,
+def study_objective(client: Any, experiment_id: str, sweep: str | None = None) -> tuple[str, str] | None:
+    """(metric, mode) recorded on the newest sweep (parent run) of the experiment, or of `sweep`."""
+    filt = f"tags.role = '{ROLE_SWEEP}'" + (f" and tags.sweep_name = '{sweep}'" if sweep else "")
+    runs = client.search_runs([experiment_id], filt, max_results=1,
                               order_by=["attributes.start_time DESC"])
     if runs and runs[0].data.tags.get("objective.metric"):
         tags = runs[0].data.tags
@@ -66,9 +68,14 @@ def study_objective(client: Any, experiment_id: str) -> tuple[str, str] | None:
     return None
 
 
-def best_run(client: Any, experiment: Any, metric: str | None = None, mode: str | None = None) -> tuple[Any, str, str]:
-    """(run, metric, mode): the FINISHED trial run with the best last value of a `val/` metric."""
-    objective = study_objective(client, experiment.experiment_id)
+def best_run(client: Any, experiment: Any, metric: str | None = None, mode: str | None = None,
+             sweep: str | None = None) -> tuple[Any, str, str]:
+    """(run, metric, mode): the FINISHED trial run with the best last value of a `val/` metric,
+    ties broken by the one rule of :mod:`orchestrator.selection` (the sweep summary and the
+    parent run use it too); `sweep` keeps only that sweep's trials."""
+    from orchestrator import selection
+
+    objective = study_objective(client, experiment.experiment_id, sweep)
     if metric is None:
         metric, mode_default = objective or (DEFAULT_METRIC, DEFAULT_MODE)
     else:
@@ -78,16 +85,17 @@ def best_run(client: Any, experiment: Any, metric: str | None = None, mode: str 
         raise ExportError(f"--metric {quote(metric)}: selection reads validation metrics only (val/…), never the test matrix")
     if mode not in ("max", "min"):
         raise ExportError(f"mode {quote(mode)}: expected max or min")
-    runs = search_all(client, [experiment.experiment_id],
-                      f"tags.role = '{ROLE_TRIAL}' and attributes.status = 'FINISHED'")
-    scored = [(r.data.metrics[metric], r) for r in runs
-              if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])]
-    if not scored:
+    filt = f"tags.role = '{ROLE_TRIAL}' and attributes.status = 'FINISHED'"
+    if sweep:
+        filt += f" and tags.sweep_name = '{sweep}'"
+    runs = search_all(client, [experiment.experiment_id], filt)
+    pick = selection.best((selection.candidate(r.data.tags.get("trial_id", r.info.run_id), r.data.metrics.get(metric),
+                                               r.data.metrics.get(selection.TIE_BREAK), r) for r in runs), mode)
+    if pick is None:
         what = f"{len(runs)} finished trial runs, none with metric {quote(metric)}" if runs else "no FINISHED trial run"
-        raise ExportError(f"experiment {quote(experiment.name)}: {what}")
-    # Ties go to the earlier run (stable): the first trial to reach a value keeps it.
-    scored.sort(key=lambda t: (-t[0] if mode == "max" else t[0], t[1].info.start_time or 0))
-    return scored[0][1], metric, mode
+        where = f"experiment {quote(experiment.name)}" + (f", sweep {quote(sweep)}" if sweep else "")
+        raise ExportError(f"{where}: {what}")
+    return pick.item, metric, mode
 
 
 def _download(client: Any, run_id: str, name: str, dst: Path) -> Path | None:
@@ -194,6 +202,7 @@ def _publish(staging: Path, out: Path) -> None:
 
 def export_command(experiment: str, out: str | os.PathLike, metric: str | None = None, register: str | None = None,
                    tracking_uri: str | None = None, *, mode: str | None = None, force: bool = False,
+                   sweep: str | None = None,
                    log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Export the best finished trial of `experiment` into `out` (see module docstring).
 
@@ -208,7 +217,9 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     clock = Clock(log, "export")
     client, uri = open_store(tracking_uri)
     exp = find_experiment(client, experiment, uri)
-    run, metric, mode = best_run(client, exp, metric, mode)
+    if sweep is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,99}", sweep):
+        raise ExportError(f"--sweep {quote(sweep)}: not a sweep name")
+    run, metric, mode = best_run(client, exp, metric, mode, sweep)
     clock.stage(f"best trial run {run.info.run_id} by {metric} ({mode}); loading its checkpoint")
     ckpt = run.data.tags.get("checkpoint_path")
     if not ckpt:
@@ -251,7 +262,8 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
         from trainable.data.registry import DATASETS
 
         clock.stage(f"export written; registering the model as {quote(register)}")
-        summary["registered"] = register_model(uri, run.info.run_id, clf, register, (1, *DATASETS[cfg.dataset].shape))
+        summary["registered"] = register_model(uri, run.info.run_id, clf, register, (2, *DATASETS[cfg.dataset].shape),
+                                               model_id=logged_model_id(client, run))
     if log:
         log(f"exported run {run.info.run_id} ({metric} = {summary['value']:.4f}, {mode}) to {out_dir}: "
             f"{', '.join(summary['files'])}" + (f"; registered {register} v{summary['registered']}" if register else ""))
@@ -260,22 +272,46 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     return summary
 
 
-def register_model(uri: str, run_id: str, model: Any, name: str, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> str:
-    """Log `model` into run `run_id` with mlflow.pytorch.log_model and register it as `name`;
-    returns the registered version. MLflow 3 stores it as a torch.export ("pt2") graph traced
-    on an example input in [0, 1], so the registered model loads without unpickling classes."""
+def logged_model_id(client: Any, run: Any) -> str | None:
+    """The LoggedModel the sweep logged for this trial's classifier (a READY one), else None."""
+    ids = [run.data.tags.get("model_id")] if run.data.tags.get("model_id") else []
+    outputs = getattr(run, "outputs", None)
+    ids += [o.model_id for o in (getattr(outputs, "model_outputs", None) or [])]
+    for mid in ids:
+        try:
+            m = client.get_logged_model(mid)
+        except Exception:
+            continue
+        if str(getattr(m.status, "name", m.status)).upper().endswith("READY"):
+            return mid
+    return None
+
+
+def register_model(uri: str, run_id: str, model: Any, name: str, input_shape: tuple[int, ...] = (2, 1, 28, 28),
+                   model_id: str | None = None) -> str:
+    """Register the trial's classifier as `name`; returns the registered version.
+
+    The sweep logs every finished trial's classifier as a LoggedModel (`model_id`): that one is
+    registered as it is. A run without one (a sweep recorded before models were logged) gets
+    it logged now with mlflow.pytorch.log_model into run `run_id`. Either way MLflow 3 stores a
+    torch.export ("pt2") graph traced on an example input in [0, 1] (a batch of two, so the
+    batch size stays free), and the registered model loads without unpickling classes."""
     import mlflow
-    import mlflow.pytorch
-    import torch
 
     if not name or not name.strip():
         raise ExportError("--register: empty model name")
     mlflow.set_tracking_uri(uri)
+    if model_id is not None:
+        mv = mlflow.register_model(f"models:/{model_id}", name)
+        return str(mv.version)
+    import mlflow.pytorch
+    import torch
+
     # Re-opening the (finished) trial run only attaches the logged model to it; it ends FINISHED again.
     with mlflow.start_run(run_id=run_id):
         example = torch.rand(input_shape)
         info = mlflow.pytorch.log_model(model.cpu().eval(), name="model", registered_model_name=name,
-                                        input_example=example.numpy(),
+                                        input_example=example.numpy(), serialization_format="pt2",
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     version = getattr(info, "registered_model_version", None)
     return str(version) if version is not None else "?"

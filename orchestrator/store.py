@@ -300,6 +300,8 @@ def make_client(uri: str):
     and retry ourselves instead."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # the summary prints the links
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no traffic beyond the store (docs/architecture.md)
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri)

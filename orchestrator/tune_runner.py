@@ -4,7 +4,8 @@ spec (:class:`orchestrator.spec.Study`) → ``param_space`` (grid/random through
 sampling, Optuna through a define-by-run function) → :class:`ray.tune.Tuner` with
 ``ConcurrencyLimiter``, ASHA, per-trial resources, failure and checkpoint configs and
 the MLflow callback (the only writer of the tracking store) → a summary table naming
-the best trial by the study's first (``val/…``) metric and its checkpoint.
+the best trial by the study's first (``val/…``) metric (ties: :mod:`orchestrator.selection`),
+its checkpoint, and where the sweep's MLflow record is with the commands to open it.
 
 Ray is imported lazily: :func:`describe_study` / ``--dry-run`` never start it.
 Local sweeps start Ray on loopback (``_node_ip_address="127.0.0.2"``: a plain
@@ -554,6 +555,9 @@ class RecordsLost(RuntimeError):
     """The sweep ran but some tracking records never reached the store."""
 
 
+HARD_EXIT_WRITE_S = 20.0  # at most this long writing queued records before a forced exit (docs/reliability.md)
+
+
 def _hard_exit(signum: int, resume_command: str | None) -> None:
     """Last resort (second signal, or the graceful stop took too long): write what can be
     written, say how to resume, exit 128 + signal."""
@@ -566,7 +570,7 @@ def _hard_exit(signum: int, resume_command: str | None) -> None:
         try:
             cb.interrupted = cb.interrupted or name
             cb.retry_delays = ()
-            cb._at_exit()
+            cb._at_exit(timeout=HARD_EXIT_WRITE_S)
         except Exception:
             pass
     print(interrupt_message(name, resume_command), file=sys.stderr, flush=True)
@@ -699,7 +703,8 @@ def run_study(study: Study, *, name: str, storage: str, tracking_uri: str, addre
                 callbacks = make_callbacks(study, tracking_uri=tracking_uri, name=name, storage=storage, resume=False)
                 tuner = build_tuner(study, name=name, storage=storage, callbacks=callbacks, reporter=reporter)
             results = tuner.fit()
-        summary = summarize(results, study, wall_s=time.perf_counter() - t0)
+        summary = summarize(results, study, wall_s=time.perf_counter() - t0,
+                            tracking=tracking_info(list(ACTIVE), tracking_uri, name))
         say(summary)
     except KeyboardInterrupt:
         if stop.signum is None:
@@ -755,16 +760,22 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def summarize(results: Any, study: Study, wall_s: float | None = None) -> str:
-    """The end-of-sweep table (one row per trial) and the best trial by the first metric."""
+def summarize(results: Any, study: Study, wall_s: float | None = None, tracking: Mapping[str, Any] | None = None) -> str:
+    """The end-of-sweep table (one row per trial), the best trial by the selection rule of
+    :mod:`orchestrator.selection` (the parent run and ``export`` use the same), and, given the
+    sweep's `tracking` (:func:`tracking_info`), where to look next."""
+    from orchestrator import selection
+
+    tracking = tracking or {}
+    names = tracking.get("run_names") or {}
     varied = [p.name for p in study.params.values() if p.kind != "fixed"]
     metric_cols = list(dict.fromkeys([*study.metrics, "matrix/natural", "matrix/min", "matrix/worst"]))
-    head = ["trial", *varied, "status", "iter", *metric_cols, "checkpoint"]
+    show_names = bool(names)
+    head = ["trial", *(["run"] if show_names else []), *varied, "status", "iter", *metric_cols, "checkpoint"]
     rows = [head]
-    best, best_val = None, None
-    sign = 1 if study.mode == "max" else -1
     n_err = 0
     failures: list[str] = []
+    cands = []
     for r in results:
         m = r.metrics or {}
         tid = str(m.get("trial_id") or getattr(r, "path", "?")).rsplit("/", 1)[-1]
@@ -773,23 +784,85 @@ def summarize(results: Any, study: Study, wall_s: float | None = None) -> str:
         ck = r.checkpoint.path if r.checkpoint else "-"
         if r.error:
             failures.append(f"  {tid}: {_error_line(r.error)}")
-        rows.append([tid, *(_fmt_param((r.config or {}).get(k, "")) for k in varied), status,
+        rows.append([tid, *([names.get(tid, "-")] if show_names else []),
+                     *(_fmt_param((r.config or {}).get(k, "")) for k in varied), status,
                      _fmt(int(m.get("iteration", 0) or 0)), *(_fmt(m.get(c, "-")) for c in metric_cols), ck])
-        v = m.get(study.metric)
-        if isinstance(v, (int, float)) and math.isfinite(v) and r.checkpoint and (best_val is None or sign * v > sign * best_val):
-            best, best_val = (tid, r), v
+        if not r.error and r.checkpoint:
+            cands.append(selection.candidate(tid, m.get(study.metric), m.get(selection.TIE_BREAK), r))
     lines = [f"\nsweep summary — study {quote(study.name)}, {len(rows) - 1} trials"
              + (f", {n_err} failed" if n_err else "") + (f", {wall_s:.0f} s" if wall_s is not None else ""),
              _table(rows)]
     if failures:
         lines.append("failed trials:")
         lines.extend(failures)
-    if best is not None:
-        tid, r = best
-        lines.append(f"best trial: {tid} ({study.metric} = {best_val:.4f}, {study.mode}); checkpoint: {r.checkpoint.path}")
+    pick = selection.best(cands, study.mode)
+    if pick is not None:
+        named = f" = {names[pick.trial_id]}" if pick.trial_id in names else ""
+        lines.append(f"best trial: {pick.trial_id}{named} ({study.metric} = {pick.value:.4f}, {study.mode}); "
+                     f"checkpoint: {pick.item.checkpoint.path}")
+        lines.append(f"  selection: {selection.rule_text(study.metric, study.mode)}")
     else:
         lines.append(f"best trial: none reported {study.metric} with a checkpoint")
+    lines.extend(next_steps(study, tracking))
     return "\n".join(lines)
+
+
+def tracking_info(callbacks: list, tracking_uri: str, name: str) -> dict[str, Any]:
+    """What the summary says about the sweep's MLflow record, from its tracking callback."""
+    info: dict[str, Any] = {"tracking_uri": tracking_uri, "sweep_name": name}
+    for cb in callbacks:
+        if getattr(cb, "sweep_name", None) != name:
+            continue
+        outcome = cb.outcome
+        names = dict(outcome.get("run_names") or {})  # trials finished before a resume included
+        names.update({tid: cb.run_name_of(tid) for tid in getattr(cb, "_seen", {})})
+        info.update(parent_run_id=cb.parent_run_id, experiment_id=cb.experiment_id, run_names=names)
+        if outcome.get("best_run_id"):
+            info["best_run_id"] = outcome["best_run_id"]
+    return info
+
+
+def _store_for_commands(uri: str) -> str:
+    """The tracking URI as a command run from any directory needs it (a relative sqlite path made absolute)."""
+    from orchestrator.store import sqlite_path
+
+    if uri.startswith("sqlite:"):
+        try:
+            db = sqlite_path(uri)
+        except Exception:
+            return uri
+        if db is not None and str(db) not in ("", ":memory:"):
+            return f"sqlite:///{db.resolve()}" if not str(db).startswith("/") else f"sqlite:///{db}"
+    return uri
+
+
+MLFLOW_UI = "http://127.0.0.1:5000"  # `mlflow ui` serves here by default
+
+
+def next_steps(study: Study, tracking: Mapping[str, Any]) -> list[str]:
+    """Where to look next: the store, the parent run and its UI link, the exact commands."""
+    import shlex
+
+    uri = tracking.get("tracking_uri")
+    if not uri:
+        return []
+    uri = _store_for_commands(uri)
+    sweep = tracking.get("sweep_name")
+    q = shlex.quote
+    remote = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if remote else MLFLOW_UI
+    lines = [f"tracking: {uri} (experiment {quote(study.name)})"]
+    eid, pid = tracking.get("experiment_id"), tracking.get("parent_run_id")
+    if pid:
+        lines.append(f"  parent run: {pid}" + (f" — {base}/#/experiments/{eid}/runs/{pid}" if eid else ""))
+    if tracking.get("best_run_id") and eid:
+        lines.append(f"  best trial's run: {base}/#/experiments/{eid}/runs/{tracking['best_run_id']}")
+    if not remote:
+        lines.append(f"  browse:  mlflow ui --backend-store-uri {q(uri)}   (then open {MLFLOW_UI})")
+    lines.append(f"  export:  l2lda-tune export --experiment {q(study.name)}"
+                 + (f" --sweep {q(sweep)}" if sweep else "") + f" --out best/ --tracking-uri {q(uri)}")
+    lines.append(f"  report:  l2lda-tune report --experiment {q(study.name)} --out reports/ --tracking-uri {q(uri)}")
+    return lines
 
 
 # -------------------------------------------------------------------------- dry run

@@ -209,4 +209,6 @@ def test_register_logs_and_registers_the_model(store, exported, tmp_path):
     client = make_client(store)
     mv = client.get_model_version("unit-lenet", "1")
     assert mv.run_id == summary["run_id"]
+    # the classifier the sweep logged for that trial is what gets registered, not a second copy
+    assert mv.source == f"models:/{client.get_run(summary['run_id']).data.tags['model_id']}"
     assert client.get_run(summary["run_id"]).info.status == "FINISHED"

@@ -91,3 +91,89 @@ def test_report_writes_the_tables(sweep):
     report_command("fast", str(tmp / "report"), uri)
     md = (tmp / "report" / "report.md").read_text()
     assert "plain" in md and "fgsm_at" in md and "pgd10" in md
+
+
+def _serve_ui(uri: str, cwd) -> tuple:
+    """`mlflow ui` on 127.0.0.1 with a free port against the sweep's store; (process, base URL)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from _ray_fixtures import cli_env, free_port
+
+    port = free_port("127.0.0.1")
+    log = open(cwd / "mlflow-ui.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=cwd, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"mlflow ui exited ({proc.returncode}): {(cwd / 'mlflow-ui.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, base
+        except OSError:
+            time.sleep(1.0)
+    proc.kill()
+    raise AssertionError("mlflow ui did not answer /health within 240 s")
+
+
+def test_mlflow_ui_shows_named_runs_params_and_matrix(sweep, tmp_path):
+    """The sweep's store in a real `mlflow ui`, loaded in headless Chromium: the experiment
+    opens as training runs with the runs named after what ran, the swept parameter and
+    `matrix/worst` as columns, and a child run's page lists its params and matrix."""
+    import os
+    import shutil
+    import signal
+    from pathlib import Path
+
+    from _browser import Browser, find_chromium
+
+    binary, why = find_chromium()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser test must run in CI: {why}")
+        pytest.skip(why)
+    tmp, db, uri, results = sweep
+    runs = mlflow_runs(db, "fast")
+    children = [r for r in runs if r.data.tags.get("role") == "trial"]
+    names = sorted(c.info.run_name for c in children)
+    assert names == ["fgsm_at", "plain"]  # the defense is what this study sweeps
+    exp_id = children[0].info.experiment_id
+    child = next(c for c in children if c.info.run_name == "fgsm_at")
+    proc, base = _serve_ui(uri, tmp_path)
+    browser = Browser(binary, tmp_path / "chromium", width=2200, height=1100)
+    stable = Path(__file__).resolve().parents[1] / ".test-artifacts" / "mlflow-ui"
+    try:
+        browser.navigate(f"{base}/#/experiments/{exp_id}/runs")
+        browser.wait_for_text("Training runs", "fast-1")  # the training-runs view, with the sweep's parent run
+        assert browser.click_css("[role=row] button[data-component-id*='runnamecellrenderer']") >= 1  # expand it
+        browser.wait_for_text(*names, "mnist5k")  # the child runs, their Dataset column filled
+        for column in ("defense", "matrix/worst", "matrix/natural"):  # as a user adds columns
+            assert browser.click_text("Columns")
+            browser.wait_for_text("Metrics (")
+            assert browser.type_into("input[placeholder='Search columns']", column)
+            browser.wait_for_text(column)
+            assert browser.click_text(column), column
+            browser.click_text("Columns")
+        text = browser.wait_for_text("matrix/worst", "matrix/natural", "defense", *names)
+        assert text.count("fgsm_at") >= 2  # its run name and its `defense` cell
+        shot = browser.screenshot(tmp_path / "mlflow-runs.png")
+        browser.navigate(f"{base}/#/experiments/{exp_id}/runs/{child.info.run_id}")
+        text = browser.wait_for_text("fgsm_at", "matrix/worst", "Parameters (", "eps_step", "lam", "clf_grad_clip",
+                                     "Logged models (1)", "Datasets", "mnist5k")
+        assert f"matrix/worst\n{child.data.metrics['matrix/worst']:g}" in text
+        shot_run = browser.screenshot(tmp_path / "mlflow-run.png")
+    finally:
+        browser.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 10_000
+    stable.mkdir(parents=True, exist_ok=True)
+    for p in (shot, shot_run):
+        shutil.copyfile(p, stable / p.name)
+    print(f"MLflow UI screenshots: {stable / shot.name}, {stable / shot_run.name}")

@@ -213,6 +213,7 @@ def test_resume_reuses_parent_and_child_runs_with_one_history(store, tiny_run):
     first.setup()
     t = FakeTrial("r0001", config, checkpoint=ckpt)
     replay(first, t, results, steps=range(1, 3), complete=False)  # driver interrupted after step 2
+    first.sync()  # the writer thread has created the runs
     state = first.get_state()
     assert state and state["trial_runs"]["r0001"]
     # Ctrl-C: Tune ends the experiment with the trial still RUNNING (atexit does the same
@@ -282,6 +283,7 @@ def test_store_outage_queues_records_and_writes_them_later(store, tiny_run):
     t = FakeTrial("o0001", config, checkpoint=ckpt)
     flaky.down = True
     replay(cb, t, results)  # the whole trial while the store is down: nothing raises
+    cb.sync()  # the writer thread has tried to write them
     assert cb._pending() > 0
     assert sum("unavailable" in ln for ln in lines) == 1
     flaky.down = False
@@ -388,3 +390,142 @@ def test_a_broken_hook_never_raises_into_tune(store):
     cb.on_experiment_end(trials=[])
     client, parents, children = runs_of(store, "unit-guard")
     assert parents[0].info.status == "FINISHED"
+
+
+# --------------------------------------------------------------- issue: runs a researcher can compare
+TIE_SPEC = {"name": "unit-tie", "space": {"lr": {"kind": "grid", "values": [0.01, 0.02, 0.03]}},
+            "search": {"metric": "val/worst", "mode": "max"}}
+
+
+def _with_val(results: list[dict], worst: float, natural: float) -> list[dict]:
+    out = copy.deepcopy(results)
+    for r in out:
+        r["val/worst"], r["val/natural"] = worst, natural
+    return out
+
+
+class FakeResult:
+    """The attributes of a ray.tune.Result that the summary reads."""
+
+    def __init__(self, trial_id: str, config: dict, metrics: dict, checkpoint: str) -> None:
+        self.config, self.error, self.checkpoint = config, None, FakeCheckpoint(checkpoint)
+        self.metrics = {**metrics, "trial_id": trial_id}
+
+
+def test_one_tie_break_rule_in_summary_parent_run_and_export(store, tiny_run, tmp_path):
+    """Three trials tie at val/worst; two of them also at val/natural: the higher val/natural
+    wins, then the lower trial index — in the summary, on the parent run and in export alike,
+    although the winner's run was not the first one created."""
+    from orchestrator import tune_runner
+    from orchestrator.export import best_run, find_experiment
+    from orchestrator.spec import build_study
+
+    config, results, ckpt = tiny_run
+    cb = MLflowCallback(store, "unit-tie", TIE_SPEC, "", "sweep-tie", flush_interval=0.0, retry_delays=(),
+                        log_models=False)
+    cb.setup()
+    plan = [("t_00002", 0.03, 0.04, 0.60), ("t_00000", 0.01, 0.04, 0.50), ("t_00001", 0.02, 0.04, 0.60)]
+    trials, fake_results = [], []
+    for tid, lr, worst, natural in plan:  # created in this order: t_00002's run is the earliest
+        t = FakeTrial(tid, dict(config, lr=lr), checkpoint=ckpt)
+        rs = _with_val(results, worst, natural)
+        replay(cb, t, rs)
+        t.status = "TERMINATED"
+        trials.append(t)
+        fake_results.append(FakeResult(tid, t.config, {k: v for k, v in rs[-1].items() if k != "matrix"}, ckpt))
+    cb.on_experiment_end(trials=trials)
+
+    client, parents, children = runs_of(store, "unit-tie")
+    parent = parents[0].data.tags
+    assert parent["best.trial_id"] == "t_00001" and parent["best.run_id"] == children["t_00001"].info.run_id
+    assert parent["best.run_name"] == children["t_00001"].info.run_name == "plain-lr0.02"
+    assert parent["trials.finished"] == "3" and "val/natural" in parent["selection.rule"]
+    assert parents[0].data.metrics["best/val/worst"] == pytest.approx(0.04)
+    assert children["t_00001"].info.run_id in parent["mlflow.note.content"]
+
+    exp = find_experiment(client, "unit-tie", store)
+    run, metric, mode = best_run(client, exp)
+    assert (metric, mode) == ("val/worst", "max") and run.data.tags["trial_id"] == "t_00001"
+
+    study = build_study({"name": "unit-tie", "base": {"defense": "plain"}, "space": {"lr": {"grid": [0.01, 0.02, 0.03]}},
+                         "search": {"type": "grid", "metric": "val/worst", "mode": "max"}})
+    text = tune_runner.summarize(fake_results, study, tracking={"tracking_uri": store, "sweep_name": "sweep-tie",
+                                                                "experiment_id": exp.experiment_id,
+                                                                "parent_run_id": parents[0].info.run_id})
+    assert "best trial: t_00001 " in text
+    assert f"--sweep sweep-tie --out best/ --tracking-uri {store}" in text
+    assert f"mlflow ui --backend-store-uri {store}" in text
+    assert f"#/experiments/{exp.experiment_id}/runs/{parents[0].info.run_id}" in text
+
+
+def test_child_runs_are_named_and_hold_the_resolved_config_dataset_and_model(store, tiny_run, tmp_path):
+    config, results, ckpt = tiny_run
+    cb = MLflowCallback(store, "unit-names", TIE_SPEC, "", "sweep-n", flush_interval=0.0, retry_delays=())
+    cb.setup()
+    t = FakeTrial("n_00000", dict(config, lr=0.01), checkpoint=ckpt)
+    replay(cb, t, results)
+    t.status = "TERMINATED"
+    cb.on_experiment_end(trials=[t])
+    client, parents, children = runs_of(store, "unit-names")
+    run = children["n_00000"]
+    assert run.info.run_name == "plain-lr0.01" and run.data.tags["trial_id"] == "n_00000"
+    # the whole resolved TrialConfig, not only the keys the trial's config named
+    for key, value in (("eps", "0.3"), ("lam", "0.02"), ("model", "lenet5"), ("augment", "False"),
+                       ("clf_grad_clip", "0.0"), ("eps_step", "0.075"), ("T", "10")):
+        assert run.data.params[key] == value, key
+    exp = client.get_experiment_by_name("unit-names")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    (ds,) = run.inputs.dataset_inputs
+    assert ds.dataset.name == "mnist5k" and len(ds.dataset.digest) == 12
+    assert json.loads(ds.dataset.profile) == {"train": 3500, "val": 500, "test": 1000, "val_used": 50,
+                                              "test_used": 100}
+    # the classifier as a LoggedModel of the run, with the matrix as its metrics, loadable by MLflow
+    model_id = run.data.tags["model_id"]
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == run.info.run_id and str(model.status).endswith("READY")
+    got = {m.key: m.value for m in model.metrics}
+    assert got["matrix/natural"] == pytest.approx(results[-1]["matrix/natural"])
+    assert got["matrix/worst"] == pytest.approx(results[-1]["matrix/worst"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "matrix/worst")] == [3]  # logged once
+    import mlflow.pytorch
+
+    from trainable.data import load_dataset
+
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    net = mlflow.pytorch.load_model(f"models:/{model_id}")
+    d = load_dataset("mnist5k")
+    idx = torch.as_tensor(results[-1]["matrix"]["indices"])
+    with torch.no_grad():
+        acc = float((net(d.test_x[idx]).argmax(1) == d.test_y[idx]).float().mean())
+    assert acc == pytest.approx(results[-1]["matrix/natural"])
+
+
+def test_a_full_queue_makes_reports_wait_and_loses_nothing(store, tiny_run):
+    """Back-pressure: with room for one record in flight and a slow store, every report still
+    arrives, in order, once."""
+    config, results, ckpt = tiny_run
+    cb = MLflowCallback(store, "unit-queue", SPEC, SPEC_TEXT, "sweep-q", flush_interval=0.0, retry_delays=(),
+                        max_queue=1, log_models=False)
+
+    class Slow(FlakyClient):
+        def __getattr__(self, name):
+            attr = super().__getattr__(name)
+            if name != "log_batch":
+                return attr
+            return lambda *a, **k: (time.sleep(0.05), attr(*a, **k))[1]
+
+    cb._client = Slow(make_client(store))
+    cb.setup()
+    trials = [FakeTrial(f"q_0000{i}", dict(config, lr=0.01 * (i + 1)), checkpoint=ckpt) for i in range(3)]
+    for t in trials:
+        replay(cb, t, results)
+    cb.on_experiment_end(trials=trials)
+    assert cb.lost == 0
+    client, parents, children = runs_of(store, "unit-queue")
+    assert len(children) == 3
+    for run in children.values():
+        for key in ("val/natural", "train/loss", "iteration"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
+        assert run.info.status == "FINISHED"

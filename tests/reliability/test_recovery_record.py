@@ -19,6 +19,7 @@ def test_recovered_trial_keeps_one_run_and_names_its_checkpoint(store, tiny_run,
     err.write_text("Failure # 1\nray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n")
     t.error_file, t.num_failures = str(err), 1
     cb.on_trial_recover(iteration=0, trials=[t], trial=t)
+    cb.sync()  # the writer thread has written the recovery
     _, _, children = runs_of(store, "rel-recover")
     assert children["k0001"].data.tags["status"] == "RECOVERING"
     t.status = "RUNNING"
