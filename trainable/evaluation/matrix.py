@@ -301,7 +301,9 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
         tp = time.perf_counter()
         prepared = prepare_column(col, model, pctx)  # generator columns train their attacker here
         prep = time.perf_counter() - tp
-        if prep >= 0.05:
+        # columns that train an attacker always show that time; others only when it is noticeable
+        trains = col in COLUMNS and COLUMNS[col].training is not None
+        if trains or prep >= 0.05:
             timings[f"prepare/{col}"] = prep
         for name, fn, budget in prepared:
             shown = name if col == tracker.col else f"{tracker.col}/{name}"
