@@ -347,16 +347,18 @@ def eval_cmd(checkpoint: str | None, export_dir: str | None, profile: str, out: 
 
 
 @cli.command("report")
-@click.option("--experiment", required=True, help="MLflow experiment (study) name.")
+@click.option("--experiment", required=True, multiple=True,
+              help="MLflow experiment (study) name; repeat it to report several studies as one "
+                   "(e.g. table1_cpu and l2lstar_cpu, which share their test points).")
 @click.option("--out", required=True, help="Directory for the Markdown and Parquet tables.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help="MLflow tracking URI.")
-def report_cmd(experiment: str, out: str, tracking_uri: str | None) -> None:
+def report_cmd(experiment: tuple[str, ...], out: str, tracking_uri: str | None) -> None:
     """The paper's tables (defenses × attacks, Min), mean ± std over seeds."""
     check_out_folder(out)
     with user_errors():
         from orchestrator.report import report_command
 
-        report_command(experiment, out, tracking_uri)
+        report_command(experiment[0] if len(experiment) == 1 else list(experiment), out, tracking_uri)
 
 
 @cli.command("figure2")

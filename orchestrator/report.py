@@ -103,13 +103,16 @@ def _matrix_vectors(client: Any, run_id: str, tmp: Path) -> dict | None:
         return None
 
 
-def collect(client: Any, experiment: str, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """One record per finished trial: params, metrics, test-point count, masking flags, ε-curve,
-    and ``matrix`` — the correctness vectors and test indices for paired comparisons (or None).
-    `log` hears a progress line while the runs' matrices download."""
+def collect(client: Any, experiment: str | Sequence[str],
+            log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """One record per finished trial of the experiment(s): params, metrics, test-point count,
+    masking flags, ε-curve, and ``matrix`` — the correctness vectors and test indices for paired
+    comparisons (or None). Several experiments are reported as one (their rows pair when they
+    ran on the same test points). `log` hears a progress line while the runs' matrices download."""
     clock = Clock(log, "report")
-    runs = _runs(client, experiment)
-    clock.stage(f"{len(runs)} finished trial runs in {quote(experiment)}; downloading their matrices")
+    names = [experiment] if isinstance(experiment, str) else list(dict.fromkeys(experiment))
+    runs = [r for name in names for r in _runs(client, name)]
+    clock.stage(f"{len(runs)} finished trial runs in {', '.join(quote(n) for n in names)}; downloading their matrices")
     recs = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, r in enumerate(runs, 1):
@@ -456,7 +459,11 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
         raise ReportError(f"experiment {quote(experiment)}: no finished trial with a robustness matrix")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    keys = _identity_keys(recs)
+    l2l = [r for r in recs if r["params"].get("defense") == "l2lda"]
+    varying = [f for f in ABLATION_FLAGS if len({r["params"].get(f) for r in l2l}) > 1]
+    # An ablation flag names a row only where it varies among the L2L-DA trials (another
+    # defense in the same report, e.g. L2L*, sets its own flags and must not split them).
+    keys = [k for k in _identity_keys(recs) if k not in ABLATION_FLAGS or k in varying]
     rows = _group(recs, keys)
     written: dict[str, Any] = {"tables": {}}
     paired: list[dict[str, Any]] = []
@@ -469,8 +476,6 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
     md.append("")
 
     # Table 1: the ablation, only when an ablation flag varies among the L2L-DA trials.
-    l2l = [r for r in recs if r["params"].get("defense") == "l2lda"]
-    varying = [f for f in ABLATION_FLAGS if len({r["params"].get(f) for r in l2l}) > 1]
     skipped: dict[str, str] = {}
     if not l2l:
         skipped["table1"] = "no finished L2L-DA trial (Table 1 ablates L2L-DA's flags)"
@@ -484,22 +489,33 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
             return " ".join(f"{ABLATION_SHORT[f]}={'✓' if str(r['params'].get(f)).lower() == 'true' else '✗'}"
                             for f in varying)
 
-        other = [k for k in keys if k not in ABLATION_FLAGS]
+        other = [k for k in _identity_keys(l2l) if k not in ABLATION_FLAGS]
         t1rows: dict[str, list] = defaultdict(list)
         t1id: dict[str, dict[str, Any]] = {}
         for r in sorted(l2l, key=abl):
             extra = ", ".join(f"{k}={r['params'].get(k)}" for k in other)
             label = abl(r) + (f" ({extra})" if extra else "")
             t1rows[label].append(r)
-            t1id[label] = {**{ABLATION_SHORT[f]: _on(r["params"].get(f)) for f in varying},
+            t1id[label] = {"defense": "l2lda", **{ABLATION_SHORT[f]: _on(r["params"].get(f)) for f in varying},
                            **{k: r["params"].get(k) for k in other}}
+        # The paper's Table 1(a) also has the L2L* row (Chen et al.'s one-shot generator): its
+        # trials join the table when the report holds them (e.g. `--experiment table1_cpu
+        # --experiment l2lstar_cpu`), paired with the L2L-DA rows like any other row.
+        star = [r for r in recs if r["params"].get("defense") == "l2l_star"]
+        star_other = _identity_keys(star)
+        for r in star:
+            extra = ", ".join(f"{k}={r['params'].get(k)}" for k in star_other)
+            label = "L2L*" + (f" ({extra})" if extra else "")
+            t1rows[label].append(r)
+            t1id[label] = {"defense": "l2l_star", **{k: r["params"].get(k) for k in star_other}}
         cells1 = build_table(recs, t1rows, table_keys("table1"))
         md += ["## Table 1 — ablation of L2L-DA", "", markdown_table(cells1, "flags"), ""]
         note = pipeline_note(t1rows)
         md += [note, ""] if note else []
         written["tables"]["table1"] = _write_parquet(cells1, out / "table1.parquet", "table1")
         # "R helps", "D helps": pairs named by the flags that differ, the flag-on row first.
-        pairs, how = row_pairs(t1rows, t1id, {k: sum(v is True for v in t1id[k].values()) for k in t1rows})
+        pairs, how = row_pairs(t1rows, t1id, {k: (t1id[k]["defense"] == "l2lda", sum(v is True for v in t1id[k].values()))
+                                              for k in t1rows})
         p1 = [compare_rows("table1", x, y, t1rows[x], t1rows[y], differs=d) for x, y, d in pairs]
         md += [*paired_markdown(p1, how), ""]
         paired += p1
@@ -577,8 +593,8 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
     return written
 
 
-def report_command(experiment: str, out: str, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Entry point of `l2lda-tune report --experiment NAME --out DIR [--tracking-uri URI]`."""
+def report_command(experiment: str | Sequence[str], out: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Entry point of `l2lda-tune report --experiment NAME [--experiment NAME2 …] --out DIR [--tracking-uri URI]`."""
     from orchestrator.export import open_store
 
     # the same checks as every reader: reachable, MLflow's, never created by reading (and no
@@ -586,7 +602,7 @@ def report_command(experiment: str, out: str, tracking_uri: str | None = None) -
     client, uri = open_store(tracking_uri)
     recs = collect(client, experiment, log=print)
     clock = Clock(print, "report")
-    written = make_report(recs, out, experiment)
+    written = make_report(recs, out, experiment if isinstance(experiment, str) else " + ".join(experiment))
     clock.stage("tables and figures written")
     for table, why in written["skipped"].items():
         print(f"report: {table} not built: {why}")

@@ -71,6 +71,9 @@ class SearchSpec(_Section):
     max_concurrent: Optional[AtLeastOne] = None
     seed: Annotated[int, Field(ge=0, lt=2**32, description="numpy's and Optuna's samplers take seeds in [0, 2**32)")] = 0
     storage: Optional[str] = None  # Optuna RDB URL (e.g. sqlite:///optuna.db) for optuna-dashboard
+    # Optuna TPE's random start-up trials before its model proposes (None: Optuna's default, 10);
+    # a study with few trials needs fewer, or TPE never leaves its random phase.
+    n_startup_trials: Optional[Annotated[int, Field(ge=1)]] = None
 
     @field_validator("metric")
     @classmethod
@@ -612,6 +615,10 @@ def build_study(raw: Any, text: str = "", source: str | None = None) -> Study:
             raise SpecError(f"search.sampler: only optuna search takes a sampler (search.type is {st})")
         if s.storage is not None:
             raise SpecError(f"search.storage: only optuna search has a study storage (search.type is {st})")
+    if s.n_startup_trials is not None and (st != "optuna" or (s.sampler or ("nsga2" if len(s.metrics) > 1 else "tpe"))
+                                           != "tpe"):
+        raise SpecError("search.n_startup_trials: only Optuna's TPE sampler has random start-up trials "
+                        f"(search.type is {st}" + (f", sampler {s.sampler or 'nsga2'})" if st == "optuna" else ")"))
     for p in params.values():
         if st == "grid" and p.dist.sampled:
             raise SpecError(f"space.{p.name}.{p.kind}: grid search takes only grid or fixed values "

@@ -289,7 +289,9 @@ def build_search(study: Study) -> Any:
     multi = len(study.metrics) > 1
     kind = s.sampler or ("nsga2" if multi else "tpe")
     sampler = (optuna.samplers.NSGAIISampler(seed=s.seed) if kind == "nsga2"
-               else optuna.samplers.TPESampler(seed=s.seed, multivariate=True))
+               else optuna.samplers.TPESampler(seed=s.seed, multivariate=True,
+                                               **({} if s.n_startup_trials is None
+                                                  else {"n_startup_trials": s.n_startup_trials})))
     storage = optuna.storages.RDBStorage(s.storage) if s.storage else None
     searcher = OptunaSearch(space=DefineByRun(study), metric=study.metrics if multi else study.metric,
                             mode=study.modes if multi else study.mode, sampler=sampler, storage=storage,

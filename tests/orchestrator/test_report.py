@@ -11,11 +11,11 @@ from orchestrator.artifacts import write_matrix_parquet
 from orchestrator.report import ReportError, make_report, report_command
 
 
-def _log_trial(client, exp_id, tmp_path, defense, seed, acc, flags=(), recursive=True):
+def _log_trial(client, exp_id, tmp_path, defense, seed, acc, flags=(), recursive=True, extra=None):
     run = client.create_run(exp_id, tags={"role": "trial", "trial_name": f"{defense}_{seed}_{recursive}"})
     rid = run.info.run_id
     for k, v in {"defense": defense, "seed": seed, "eps": 0.3, "recursive": recursive, "diversity": True,
-                 "device": "cpu"}.items():
+                 "device": "cpu", **(extra or {})}.items():
         client.log_param(rid, k, str(v))
     metrics = {f"matrix/{c}": v for c, v in acc.items()}
     metrics.update({f"transfer/{s}/pgd10": acc["pgd10"] + 0.1 for s in "ABC"})
@@ -84,6 +84,37 @@ def test_report_writes_three_tables_flags_and_figures(tmp_path):
 
 # ------------------------------------------------------------------ paired comparisons (no MLflow)
 N = 20
+
+
+def test_report_joins_studies_and_puts_the_l2l_star_row_in_table1(tmp_path):
+    """`--experiment table1_cpu --experiment l2lstar_cpu`: one report, L2L* paired in Table 1."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    t1 = client.create_experiment("t1", artifact_location=(tmp_path / "m1").as_uri())
+    st = client.create_experiment("star", artifact_location=(tmp_path / "m2").as_uri())
+    base = {"natural": 0.98, "pgd10": 0.6, "pgd100": 0.5, "min": 0.5, "worst": 0.5}
+    for seed in (0, 1):
+        for rec in (True, False):
+            _log_trial(client, t1, tmp_path, "l2lda", seed, {k: v - 0.1 * (not rec) for k, v in base.items()},
+                       recursive=rec, extra={"use_delta": True, "use_label": True, "grad_norm": True})
+        _log_trial(client, st, tmp_path, "l2l_star", seed, {k: v - 0.3 for k, v in base.items()}, recursive=False,
+                   extra={"use_delta": False, "use_label": False, "grad_norm": False})
+    written = report_command(["t1", "star"], str(tmp_path / "out"), uri)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.startswith("# Robustness report: t1 + star")
+    t1rows = {c["row"] for c in pq.read_table(tmp_path / "out" / "table1.parquet").to_pylist()}
+    assert t1rows == {"R=✓", "R=✗", "L2L*"}
+    # Table 2 names the L2L-DA rows by R only: L2L*'s own flags do not split them.
+    t2rows = {c["row"] for c in pq.read_table(tmp_path / "out" / "table2.parquet").to_pylist()}
+    assert t2rows == {"l2lda (recursive=True)", "l2lda (recursive=False)", "l2l_star"}
+    # L2L-DA first in its pairs with L2L*: Δ = L2L-DA − L2L* (30 points = 60 of 200 test points per seed, b = 120 over 2 seeds).
+    e = next(e for e in written["paired_comparisons"] if e["table"] == "table1" and e["b"] == "L2L*" and e["a"] == "R=✓")
+    assert (e["mcnemar_b"], e["mcnemar_c"], e["seeds"]) == (120, 0, 2) and e["significant"]
+    assert e["diff_mean"] == pytest.approx(0.3) and "defense" in e["differs"]
+    with pytest.raises(ReportError, match="not found"):
+        report_command(["t1", "nope"], str(tmp_path / "out"), uri)
 
 
 def _rec(defense, seed, correct_upto=None, rec=True, div=True, points=range(N), vectors=True, first=0):

@@ -175,6 +175,11 @@ BAD_SPECS = [
     ("name: t\nspace: {seed: {grid: [0, 1]}}\nsearch: {num_samples: 0}\n", "search.num_samples: must be >= 1"),
     ("name: t\nspace: {seed: {grid: [0, 1]}}\nsearch: {num_samples: '4'}\n", "search.num_samples: Input should be a valid integer"),
     ("name: t\nspace: {seed: {grid: [0, 1]}}\nsearch: {sampler: tpe}\n", "search.sampler: only optuna search"),
+    ("name: t\nspace: {seed: {grid: [0, 1]}}\nsearch: {n_startup_trials: 3}\n", "search.n_startup_trials: only Optuna's TPE"),
+    ("name: t\nspace: {lr: {choice: [0.1, 0.2]}}\nsearch: {type: optuna, sampler: nsga2, n_startup_trials: 3}\n",
+     "search.n_startup_trials: only Optuna's TPE sampler"),
+    ("name: t\nspace: {lr: {choice: [0.1, 0.2]}}\nsearch: {type: optuna, n_startup_trials: 0}\n",
+     "search.n_startup_trials: must be >= 1"),
     ("name: t\nspace: {lr: {choice: [0.1, 0.2]}}\nsearch: {type: optuna, storage: optuna.db}\n",
      "search.storage: expected a database URL"),
     ("name: t\nspace: {lr: {choice: [0.1, 0.2]}}\nsearch: {type: optuna, metric: [val/natural, val/worst]}\n"
@@ -239,3 +244,14 @@ def test_spec_text_kept_verbatim(tmp_path):
     p = tmp_path / "keep.yaml"
     p.write_text(text)
     assert load_spec(str(p)).text == text
+
+
+def test_tpe_start_up_trials_reach_the_sampler():
+    from orchestrator.tune_runner import build_search
+
+    def sampler(search):
+        st = study(space={"lr": {"choice": [0.1, 0.2]}}, search={"type": "optuna", **search})
+        return build_search(st).searcher._sampler if hasattr(build_search(st), "searcher") else build_search(st)._sampler
+
+    assert sampler({})._n_startup_trials == 10  # Optuna's default, kept unless the study sets it
+    assert sampler({"n_startup_trials": 3})._n_startup_trials == 3
