@@ -10,7 +10,9 @@ Per-trial budget at the default settings (chosen so the whole run fits ~20 min o
 LeNet-5, ε = 0.1 (at 0.3 tiny budgets leave val/worst ≈ 0 everywhere), generator width 4,
 batch 32, a clean warm-up of 300 iterations (computed once, shared through the warm-up cache),
 then 40 L2L-DA iterations with a report every 10 (4 reports); val/worst on 200 fixed
-validation points (natural, PGD10). 10 trials per search, seeds 0–4.
+validation points (natural, PGD10). 12 trials per search, seeds 0–4. TPE starts its model after
+4 random trials (``search.n_startup_trials``; Optuna's default of 10 would leave it random for
+almost the whole search).
 
 Per search seed s: random search (seed s, the same number of trials, no early stopping, 2 at a
 time) and TPE + ASHA (Optuna seed s, grace 1 report, reduction 3, one trial at a time so its
@@ -21,7 +23,7 @@ results reached the driver, for random search in sample order with every trial a
 Printed: both per seed, the median over seeds of each, and the median of the per-seed ratio
 TPE+ASHA / random (target ≤ 0.5). A method that never reaches the target counts as its whole run.
 
-    python bench/search_efficiency.py [--seeds 0,1,2,3,4] [--trials 10] [--iterations 40] [--quick]
+    python bench/search_efficiency.py [--seeds 0,1,2,3,4] [--trials 12] [--startup 4] [--iterations 40] [--quick]
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ BASE = dict(dataset="mnist5k", defense="l2lda", eps=0.1, gen_width=4, batch_size
             test_subset=50, gen_attack_steps=0)
 
 
-def make_study(kind: str, base: dict, seed: int, trials: int) -> Any:
+def make_study(kind: str, base: dict, seed: int, trials: int, startup: int | None = None) -> Any:
     from orchestrator.spec import build_study
 
     raw: dict[str, Any] = {"name": f"searcheff-{kind}", "base": base, "space": SPACE, "resources": {"cpu": 1},
@@ -59,7 +61,8 @@ def make_study(kind: str, base: dict, seed: int, trials: int) -> Any:
                          "max_concurrent": 2, "seed": seed}
     else:
         raw["search"] = {"type": "optuna", "sampler": "tpe", "metric": METRIC, "mode": "max", "num_samples": trials,
-                         "max_concurrent": 1, "seed": seed}
+                         "max_concurrent": 1, "seed": seed,
+                         **({} if startup is None else {"n_startup_trials": startup})}
         # max_t: the adversarial reports only (every trial loads the shared warm-up from the cache).
         raw["scheduler"] = {"type": "asha", "grace_period": 1, "reduction_factor": 3,
                             "max_t": -(-base["iterations"] // base["steps_per_report"])}
@@ -126,7 +129,9 @@ def cost_random(led: Any, target: float) -> tuple[int, bool]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2,3,4", help="search seeds (one random and one TPE+ASHA run each)")
-    ap.add_argument("--trials", type=int, default=10, help="trials per search")
+    ap.add_argument("--trials", type=int, default=12, help="trials per search")
+    ap.add_argument("--startup", type=int, default=4,
+                    help="TPE's random start-up trials (search.n_startup_trials; 0: Optuna's default, 10)")
     ap.add_argument("--iterations", type=int, default=BASE["iterations"], help="L2L-DA iterations per full trial")
     ap.add_argument("--report-every", type=int, default=BASE["steps_per_report"])
     ap.add_argument("--quick", action="store_true", help="smallest settings: 2 seeds × 3 trials × 20 iterations")
@@ -160,7 +165,7 @@ def main() -> None:
     try:
         for seed in seeds:
             rnd = run(make_study("random", base, seed, trials), root, f"random{seed}")
-            tpe = run(make_study("tpe", base, seed, trials), root, f"tpe{seed}")
+            tpe = run(make_study("tpe", base, seed, trials, args.startup or None), root, f"tpe{seed}")
             results.append((seed, rnd, tpe))
     finally:
         ray.shutdown()
@@ -169,7 +174,8 @@ def main() -> None:
           f"{base['batch_size']}, warm-up {base['warmup']} (shared), {base['iterations']} iterations "
           f"({base['steps_per_report']} per report), {base['val_subset']} validation points; "
           f"lam loguniform {SPACE['lam']['loguniform']}, eps_step_frac uniform {SPACE['eps_step_frac']['uniform']}, "
-          f"T int {SPACE['T']['int']}; {trials} trials per search")
+          f"T int {SPACE['T']['int']}; {trials} trials per search; TPE start-up trials "
+          f"{args.startup or 'Optuna default (10)'}")
     rows = []
     for seed, rnd, tpe in results:
         best = max(v for led in (rnd, tpe) for _, _, v in led.ends)

@@ -310,7 +310,10 @@ class Study:
         def mx(key: str, p: Param | None) -> int:
             if p is None:
                 return int(self.base.get(key, _DEFAULTS[key]))
-            return max(int(v) for v in p.dist.span(p))
+            top = max(int(v) for v in p.dist.span(p))
+            if p.when:  # where its condition fails, a trial runs the base value (or the default)
+                top = max(top, int(p.default if p.default is not None else self.base.get(key, _DEFAULTS[key])))
+            return top
         return mx("iterations", p_it) + mx("warmup", p_wu)
 
     def to_dict(self) -> dict[str, Any]:

@@ -921,13 +921,17 @@ def describe_study(study: Study, *, name: str | None = None, storage: str | None
                          + (f"  (× {s.num_samples} samples)" if s.num_samples > 1 else ""))
     # cost, from each grid config resolved through TrialConfig (its defaults included): training,
     # validation reports and the test matrix (docs/reliability.md, "--dry-run")
-    per_trial = [estimate_trial_s(_costly_config(study, c), r.gpu) for c in study.grid_configs()]
+    costly = [_costly_config(study, c) for c in study.grid_configs()]
+    per_trial = [estimate_trial_s(c, r.gpu) for c in costly]
     train_s = sum(t for t, _, _ in per_trial) / len(per_trial) * n
     val_s = sum(v for _, v, _ in per_trial) / len(per_trial) * n
     matrix_s = sum(m for _, _, m in per_trial) / len(per_trial) * n
-    iters = study.iterations_per_trial()
+    per_iters = [int(c.iterations) + int(c.warmup) for c in costly]
+    iters, total = max(per_iters), round(sum(per_iters) / len(per_iters) * n)
     unit = "GPU" if r.gpu else "CPU-core"
-    lines.append(f"  cost: {iters:,} iterations per trial × {n} trials = {iters * n:,} iterations; roughly "
+    each = (f"{iters:,} iterations per trial × {n} trials" if min(per_iters) == iters
+            else f"{min(per_iters):,} to {iters:,} iterations per trial, {n} trials")
+    lines.append(f"  cost: {each} = {total:,} iterations; roughly "
                  f"{_human(train_s + val_s + matrix_s)} of {unit} time: training {_human(train_s)}, validation "
                  f"{_human(val_s)}, test matrix {_human(matrix_s)} (rough figures from per-defense and per-attack "
                  f"costs on LeNet-5/CPU)")
