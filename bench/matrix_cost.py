@@ -34,7 +34,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import set_threads, trained_experiment  # noqa: E402
-from orchestrator.evaluate import PROFILES  # noqa: E402
+from orchestrator.evaluate import profile_overrides  # noqa: E402
 from trainable.evaluation.matrix import (COMPOSITE_COLUMNS, EvalContext, _run_attack, predict,  # noqa: E402
                                          prepare_column, robustness_matrix)
 
@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=1500, help="PGD10-AT training iterations of the model")
     ap.add_argument("--extra", default="square,l2lda", help="[floor] columns timed on their own")
     ap.add_argument("--columns", default=",".join(FULL_COLUMNS), help="[distinct] the matrix's columns")
-    ap.add_argument("--square-queries", type=int, default=PROFILES["full"]["square_queries"],
+    ap.add_argument("--square-queries", type=int, default=profile_overrides("full")["square_queries"],
                     help="[distinct] Square's queries (default: the full evaluation profile's)")
     ap.add_argument("--repeats", type=int, default=1, help="[distinct] alternating rounds (medians)")
     ap.add_argument("--gen-attack-steps", type=int, default=100,

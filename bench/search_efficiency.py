@@ -155,8 +155,8 @@ def main() -> None:
     # computed once here, so every trial starts at the same point and reports only its own iterations.
     warm = Experiment(TrialConfig.from_dict({**base, "threads": 1}))
     warm.train(base["warmup"] - warm.iteration)
-    if not warm._warmup_path().is_file():
-        raise SystemExit(f"warm-up cache not written at {warm._warmup_path()}")
+    if warm.warmup_cache is None or not warm.warmup_cache.path.is_file():
+        raise SystemExit("warm-up cache not written" + (f" at {warm.warmup_cache.path}" if warm.warmup_cache else ""))
     del warm
 
     init_ray(None, log=lambda m: None)
