@@ -342,8 +342,8 @@ def row_pairs(rows: Mapping[str, Sequence[Mapping[str, Any]]], identity: Mapping
     def differs(x: str, y: str) -> list[str]:
         keys = list(dict.fromkeys([*identity[x], *identity[y]]))
         out = [k for k in keys if identity[x].get(k) != identity[y].get(k)]
-        if "defense" in out:  # another defense: its L2L-DA flags are no further difference
-            out = [k for k in out if k not in ABLATION_FLAGS]
+        if "defense" in out:  # another defense: its L2L-DA flags (long or Table 1's short names) are no further difference
+            out = [k for k in out if k not in ABLATION_FLAGS and k not in ABLATION_SHORT.values()]
         return out
 
     def ordered(x: str, y: str) -> tuple[str, str, list[str]]:
