@@ -358,7 +358,7 @@ def report_cmd(experiment: tuple[str, ...], out: str, tracking_uri: str | None) 
     with user_errors():
         from orchestrator.report import report_command
 
-        report_command(experiment[0] if len(experiment) == 1 else list(experiment), out, tracking_uri)
+        report_command(list(experiment), out, tracking_uri)
 
 
 @cli.command("figure2")

@@ -602,7 +602,7 @@ def report_command(experiment: str | Sequence[str], out: str, tracking_uri: str 
     client, uri = open_store(tracking_uri)
     recs = collect(client, experiment, log=print)
     clock = Clock(print, "report")
-    written = make_report(recs, out, experiment if isinstance(experiment, str) else " + ".join(experiment))
+    written = make_report(recs, out, " + ".join([experiment] if isinstance(experiment, str) else experiment))
     clock.stage("tables and figures written")
     for table, why in written["skipped"].items():
         print(f"report: {table} not built: {why}")

@@ -243,6 +243,13 @@ class Study:
         return self.search.type or ("grid" if not any(p.dist.sampled for p in self.params.values()) else "random")
 
     @property
+    def sampler_kind(self) -> str | None:
+        """Optuna's sampler: the one named, else NSGA-II for several objectives and TPE for one; None off Optuna."""
+        if self.search_type != "optuna":
+            return None
+        return self.search.sampler or ("nsga2" if len(self.metrics) > 1 else "tpe")
+
+    @property
     def metrics(self) -> list[str]:
         return self.search.metrics
 
@@ -304,17 +311,6 @@ class Study:
         it = max(values("iterations")) + max(values("warmup"))
         spr = min(values("steps_per_report"))
         return max(1, math.ceil(it / spr))
-
-    def iterations_per_trial(self) -> int:
-        p_it, p_wu = self.params.get("iterations"), self.params.get("warmup")
-        def mx(key: str, p: Param | None) -> int:
-            if p is None:
-                return int(self.base.get(key, _DEFAULTS[key]))
-            top = max(int(v) for v in p.dist.span(p))
-            if p.when:  # where its condition fails, a trial runs the base value (or the default)
-                top = max(top, int(p.default if p.default is not None else self.base.get(key, _DEFAULTS[key])))
-            return top
-        return mx("iterations", p_it) + mx("warmup", p_wu)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved study as plain data (what MLflow's parent run records)."""
@@ -618,10 +614,9 @@ def build_study(raw: Any, text: str = "", source: str | None = None) -> Study:
             raise SpecError(f"search.sampler: only optuna search takes a sampler (search.type is {st})")
         if s.storage is not None:
             raise SpecError(f"search.storage: only optuna search has a study storage (search.type is {st})")
-    if s.n_startup_trials is not None and (st != "optuna" or (s.sampler or ("nsga2" if len(s.metrics) > 1 else "tpe"))
-                                           != "tpe"):
+    if s.n_startup_trials is not None and study.sampler_kind != "tpe":
         raise SpecError("search.n_startup_trials: only Optuna's TPE sampler has random start-up trials "
-                        f"(search.type is {st}" + (f", sampler {s.sampler or 'nsga2'})" if st == "optuna" else ")"))
+                        f"(search.type is {st}" + (f", sampler {study.sampler_kind})" if st == "optuna" else ")"))
     for p in params.values():
         if st == "grid" and p.dist.sampled:
             raise SpecError(f"space.{p.name}.{p.kind}: grid search takes only grid or fixed values "

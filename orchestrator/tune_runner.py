@@ -287,8 +287,7 @@ def build_search(study: Study) -> Any:
     from ray.tune.search.optuna import OptunaSearch
 
     multi = len(study.metrics) > 1
-    kind = s.sampler or ("nsga2" if multi else "tpe")
-    sampler = (optuna.samplers.NSGAIISampler(seed=s.seed) if kind == "nsga2"
+    sampler = (optuna.samplers.NSGAIISampler(seed=s.seed) if study.sampler_kind == "nsga2"
                else optuna.samplers.TPESampler(seed=s.seed, multivariate=True,
                                                **({} if s.n_startup_trials is None
                                                   else {"n_startup_trials": s.n_startup_trials})))
@@ -895,7 +894,7 @@ def describe_study(study: Study, *, name: str | None = None, storage: str | None
     lines.append(f"  ray: {address or 'local instance on ' + LOCAL_NODE_IP}")
     s = study.search
     kind = study.search_type
-    sampler = f", sampler {s.sampler or ('nsga2' if len(study.metrics) > 1 else 'tpe')}" if kind == "optuna" else ""
+    sampler = f", sampler {study.sampler_kind}" if kind == "optuna" else ""
     lines.append(f"  search: {kind}{sampler}; objective(s): "
                  + ", ".join(f"{m} ({o})" for m, o in zip(study.metrics, study.modes))
                  + f"; num_samples {s.num_samples}; max_concurrent {s.max_concurrent or 'unlimited'}; seed {s.seed}"
