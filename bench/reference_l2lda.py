@@ -91,7 +91,7 @@ def l2lda_step(generator: nn.Module, optimizer: torch.optim.Optimizer, classifie
     advs, losses = rollout(generator, classifier, xx, yy, z, eps=eps, eps_step=eps_step, steps=steps,
                            differentiable=True, with_losses=True)
     loss_cls = torch.stack([l.mean() for l in losses]).mean()
-    loss_div = diversity_loss([a[:n] for a in advs], [a[n:] for a in advs], z[:n], z[n:])
+    loss_div = diversity_loss([a[:n] for a in advs], [a[n:] for a in advs], z[:n], z[n:], "mean")
     objective = loss_cls + lam * loss_div if lam > 0 else loss_cls
     params = [p for p in generator.parameters() if p.requires_grad]
     grads = torch.autograd.grad(-objective, params)

@@ -23,6 +23,13 @@ from trainable.text import quote
 
 AUGMENT_CHOICES = ("auto", True, False)
 AMP_CHOICES = ("bf16",)
+INPUT_NORM_CHOICES = ("auto", "none", "dataset", "imagenet")  # trainable.models.classifiers.INPUT_NORMS + auto
+GEN_OBJECTIVE_CHOICES = ("sum", "mean")  # trainable.generators.losses.GEN_OBJECTIVES
+
+# Fields that artifacts written by earlier versions lack, with the value those versions used
+# (TrialConfig.from_stored): their classifiers normalised by the dataset's statistics, and their
+# generator averaged its loss over the T steps.
+STORED_BEFORE = {"input_norm": "dataset", "gen_objective": "mean"}
 
 
 def default_augment(defense: str, dataset: str) -> bool:
@@ -56,7 +63,6 @@ def __getattr__(name: str) -> Any:
         "GENERATOR_DEFENSES": lambda: tuple(n for n, e in DEFENSES.items() if e.generator is not None),
         "DATASET_DEFAULTS": lambda: {n: {"eps": e.eps, "lam": e.lam, "model": e.model} for n, e in DATASETS.items()},
         "DEFENSE_CLF_GRAD_CLIP": lambda: {n: e.clf_grad_clip for n, e in DEFENSES.items()},
-        "DEFENSE_LR_DECAY_AT": lambda: {n: e.lr_decay_at for n, e in DEFENSES.items()},
     }
     if name in views:
         return views[name]()
@@ -92,6 +98,7 @@ class TrialConfig:
     augment: bool | str = "auto"  # auto → the source's choice per defense and dataset; true/false force it
     # --- classifier and defense ---
     model: str | None = None  # None → dataset default (LeNet-5 / ResNet-20)
+    input_norm: str = "auto"  # auto → the classifier's source on this dataset (LeNet-5: none; ResNet-20 on CIFAR-10: imagenet)
     defense: str = "l2lda"
     eps: float | None = None  # None → dataset default (0.3 / 0.1 / 8/255)
     eps_step_frac: float = 0.25  # ε_step = eps_step_frac · ε (paper: ε/4)
@@ -105,6 +112,7 @@ class TrialConfig:
     grad_norm: bool = True
     z_dim: int = 8
     gen_width: int = 64
+    gen_objective: str = "sum"  # sum: Eqs. 6–7 summed over the T steps (authors' code); mean: averaged (paper's Eq. 6)
     # --- optimisation ---
     batch_size: int = 100
     iterations: int = 100_000  # adversarial iterations after warm-up
@@ -113,9 +121,10 @@ class TrialConfig:
     gen_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-5
-    lr_decay_at: float | str | None = "auto"  # classifier LR ×0.1 at this fraction of `iterations`; None → no decay; auto → per defense
+    lr_decay_at: float | str | None = "auto"  # classifier LR ×0.1 at this fraction of `iterations`; None → no decay; auto → the defense's source
     grad_clip: float = 1.0  # grad-norm clip of the generator's (and generator attackers') steps
     clf_grad_clip: float | None = None  # classifier's clip in the training phase; None → per defense, 0 → none
+    stop_on_collapse: bool = False  # end training when check/generator_collapsed fires (docs/method.md)
     seed: int = 0
     # --- execution ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -141,6 +150,14 @@ class TrialConfig:
     cache_dir: str = ".cache/l2lda-tune"
 
     # ------------------------------------------------------------------ build
+    @classmethod
+    def from_stored(cls, d: Mapping[str, Any]) -> TrialConfig:
+        """The config of a stored artifact (checkpoint, export): fields it predates take the value
+        the version that wrote it used (:data:`STORED_BEFORE`), so it loads back as it was trained."""
+        if not isinstance(d, Mapping):
+            return cls.from_dict(d)
+        return cls.from_dict({**{k: v for k, v in STORED_BEFORE.items() if k not in d}, **d})
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrialConfig:
         """Build a config from a flat mapping; unknown keys and wrong types raise ConfigError."""
@@ -183,6 +200,7 @@ class TrialConfig:
         return dataclasses.replace(
             self,
             model=self.model or dd.model,
+            input_norm=self.input_norm_value,
             eps=self.eps if self.eps is not None else dd.eps,
             lam=self.lam if self.lam is not None else dd.lam,
             augment=self.augment_value,
@@ -207,13 +225,30 @@ class TrialConfig:
         return DEFENSES[self.defense].clf_grad_clip
 
     @property
-    def lr_decay_at_value(self) -> float | None:
-        """Fraction of the adversarial iterations after which the classifier LR is ×0.1 (None: never)."""
-        if self.lr_decay_at == "auto":
-            from trainable.defenses.registry import DEFENSES
+    def input_norm_value(self) -> str:
+        """The classifier's input normalisation: "auto" → its source's on this dataset (docs/method.md, "Classifiers")."""
+        if self.input_norm != "auto":
+            return self.input_norm
+        from trainable.models.registry import CLASSIFIERS
 
-            return DEFENSES[self.defense].lr_decay_at
-        return self.lr_decay_at
+        return CLASSIFIERS[self.model_name].input_norm_for(self.dataset)
+
+    @property
+    def lr_decay_at_value(self) -> float | None:
+        """Fraction of the adversarial iterations after which the classifier LR is ×0.1 (None: never).
+
+        "auto" follows the defense's source at its own length: a source that decays at step N
+        of its run (the authors' L2L-DA trainer: ×0.1 at 50,000 of 100,000 steps, warm-up
+        included) decays here at total iteration N, so a shorter run never decays, as the
+        source's run would not have by then (docs/method.md, "Defaults and their sources")."""
+        if self.lr_decay_at != "auto":
+            return self.lr_decay_at
+        from trainable.defenses.registry import DEFENSES
+
+        step = DEFENSES[self.defense].lr_decay_step
+        if step is None or self.iterations <= 0 or step >= self.total_iterations:
+            return None
+        return max(0.0, (step - self.warmup) / self.iterations)
 
     @property
     def eps_value(self) -> float:
@@ -280,6 +315,10 @@ class TrialConfig:
             need(self.clf_grad_clip >= 0 and not math.isnan(self.clf_grad_clip), "clf_grad_clip",
                  f"must be >= 0 (0: no clipping) or null (the defense's default), got {self.clf_grad_clip}")
         need(self.augment in AUGMENT_CHOICES, "augment", f"must be auto, true or false, got {quote(self.augment)}")
+        need(self.input_norm in INPUT_NORM_CHOICES, "input_norm",
+             f"expected one of {', '.join(INPUT_NORM_CHOICES)}, got {quote(self.input_norm)}")
+        need(self.gen_objective in GEN_OBJECTIVE_CHOICES, "gen_objective",
+             f"expected one of {', '.join(GEN_OBJECTIVE_CHOICES)}, got {quote(self.gen_objective)}")
         need(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
         need(0 <= self.gpu_fraction, "gpu_fraction", f"must be >= 0, got {self.gpu_fraction}")
         need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "device", f"unknown device {quote(self.device)}")

@@ -106,11 +106,12 @@ def _attacker_optimizer(generator: nn.Module, *, adam: bool, lr: float, momentum
 def train_l2lda_attacker(generator: Generator, model: nn.Module, x: Tensor, y: Tensor, *, steps: int,
                          batch: int, eps: float, eps_step: float, T: int, lam: float, lr: float,
                          momentum: float, weight_decay: float, clip: float, seed: int, adam: bool = False,
-                         progress: Progress | None = None) -> Generator:
+                         progress: Progress | None = None, objective: str = "sum") -> Generator:
     """Fine-tune an L2L-DA generator against a frozen classifier (Algorithm 1 without the classifier step).
 
     ``adam`` (the columns' choice, see ATTACKER_LR) or SGD like the joint training (the authors
-    fine-tuned for 48k steps). Grad-norm clip `clip` either way. Returns the generator in eval mode.
+    fine-tuned for 48k steps). Grad-norm clip `clip` either way; `objective` combines the
+    losses over the T steps as the trial did (docs/method.md, "Losses"). Returns the generator in eval mode.
     """
     gen = torch.Generator().manual_seed(seed)
     opt = _attacker_optimizer(generator, adam=adam, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -118,7 +119,7 @@ def train_l2lda_attacker(generator: Generator, model: nn.Module, x: Tensor, y: T
     with preserve_mode(model, False):
         for xb, yb in _batches(x, y, steps, batch, gen, progress):
             l_cls, l_div, _, _ = l2lda_losses(generator, model, xb, yb, generator.z_dim, eps=eps,
-                                              eps_step=eps_step, steps=T, z_generator=gen)
+                                              eps_step=eps_step, steps=T, z_generator=gen, objective=objective)
             generator_step(generator, opt, l_cls + lam * l_div if lam > 0 else l_cls, clip)
     return generator.eval()
 
@@ -172,10 +173,10 @@ def prepare_l2lda(model: nn.Module, ctx: Any) -> list[tuple[str, Callable[..., T
                              batch=cfg.batch_size, eps=cfg.eps_value, eps_step=cfg.eps_step, T=cfg.T,
                              lam=cfg.lam_value, lr=ATTACKER_LR, momentum=cfg.momentum,
                              weight_decay=cfg.weight_decay, clip=cfg.grad_clip, seed=seed, adam=True,
-                             progress=getattr(ctx, "on_training", None))
+                             progress=getattr(ctx, "on_training", None), objective=cfg.gen_objective)
     budget = {"train_steps": cfg.gen_attack_steps, "batch": cfg.batch_size, "fine_tuned": own,
               "width": gen.width, "T": cfg.T, "step": f"{cfg.eps_step_frac}*eps", "samples": cfg.gen_attack_samples,
-              "lam": cfg.lam_value, "optimizer": f"adam lr {ATTACKER_LR} betas 0.5,0.999 clip {cfg.grad_clip}",
+              "lam": cfg.lam_value, "objective": cfg.gen_objective, "optimizer": f"adam lr {ATTACKER_LR} betas 0.5,0.999 clip {cfg.grad_clip}",
               "select": "per example: misclassified first, then highest CE"}
     return [("l2lda", l2lda_attack(gen, T=cfg.T, samples=cfg.gen_attack_samples,
                                    eps_step_frac=cfg.eps_step_frac), budget)]

@@ -44,10 +44,11 @@ from trainable.models.classifiers import build_classifier
 SURROGATES = {"A": "plain", "B": "fgsm_at", "C": "pgd10_at"}
 TRANSFER_ATTACKS = ("pgd10", "pgd100", "l2lda")
 SURROGATE_SEED_OFFSET = 7919
-CACHE_FORMAT = 3  # 2: per-defense augmentation and classifier clip; 3: per-defense LR schedule
+CACHE_FORMAT = 4  # 2: per-defense augmentation and classifier clip; 3: per-defense LR schedule;
+# 4: the source's classifier (input normalisation and init) and LR schedule at the source's length
 # Training-config keys that change a surrogate's weights (the cache key).
 _KEY_FIELDS = ("dataset", "model", "defense", "seed", "eps", "eps_step_frac", "warmup", "iterations", "batch_size",
-               "lr", "momentum", "weight_decay", "lr_decay_at", "grad_clip", "augment", "clf_grad_clip")
+               "lr", "momentum", "weight_decay", "lr_decay_at", "grad_clip", "augment", "clf_grad_clip", "input_norm")
 
 AttackFn = Callable[..., Tensor]
 
@@ -63,6 +64,7 @@ def surrogate_config(cfg: TrialConfig, defense: str) -> TrialConfig:
     return cfg.replace(
         defense=defense,
         model=DATASETS[cfg.dataset].model,
+        input_norm="auto",
         seed=cfg.seed + SURROGATE_SEED_OFFSET,
         iterations=iterations,
         eval_columns=["natural"],
@@ -88,7 +90,7 @@ def _load_surrogate(directory: Path, scfg: TrialConfig, in_channels: int, device
     state, _config, meta = load_state(directory, map_location=device)
     if meta.get("key") != surrogate_key(scfg):
         raise CheckpointError(f"{directory}: surrogate cache key mismatch")
-    model = build_classifier(scfg.model, scfg.dataset, in_channels).to(device)
+    model = build_classifier(scfg.model, scfg.dataset, in_channels, scfg.input_norm).to(device)
     load_module_state(model, state["classifier"], f"surrogate {scfg.defense}")
     return model.eval()
 

@@ -1,7 +1,8 @@
 """L2L-DA (Algorithm 1 of the paper) and the L2L* baseline (Chen et al.) as training-time defenses.
 
 Each adversarial iteration, :meth:`L2LDADefense.batch` first takes one SGD *ascent*
-step of the generator on L_cls + λ·L_div (Eqs. 6–7) over a doubled batch
+step of the generator on L_cls + λ·L_div (Eqs. 6–7, summed over the T steps as the
+authors' code does; ``gen_objective: mean`` averages them as the paper writes) over a doubled batch
 ([x;x], [y;y], [z1;z2], z fixed over the T recursion steps; x in [0, 1]), with the
 classifier in eval mode and receiving no gradient (``torch.autograd.grad`` w.r.t. the
 generator's parameters only). It then returns the detached [x ; x_adv(T)(z1) ;
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from trainable.defenses.base import Defense
 from trainable.fast import build_kernels
-from trainable.generators.losses import generator_step, l2lda_losses, l2lstar_loss
+from trainable.generators.losses import clamp_erased, generator_step, l2lda_losses, l2lstar_loss
 from trainable.generators.nets import Generator, L2LStarGenerator, build_generator
 
 
@@ -56,18 +57,27 @@ class L2LDADefense(_GeneratorDefense):
     def batch(self, x: Tensor, y: Tensor, iteration: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         self.generator.train()
+        last_delta: list[Tensor] = []
         loss_cls, loss_div, adv1, adv2 = l2lda_losses(
             self.generator, self.classifier, x, y, cfg.z_dim, eps=cfg.eps_value, eps_step=cfg.eps_step,
-            steps=cfg.gen_steps, kernels=self.kernels)
+            steps=cfg.gen_steps, kernels=self.kernels, objective=cfg.gen_objective, last_delta=last_delta)
         lam = cfg.lam_value
         # λ = 0 (diversity off) drops the term so its graph is not even differentiated.
         objective = loss_cls + lam * loss_div if lam > 0 else loss_cls
-        generator_step(self.generator, self.optimizer, objective, cfg.grad_clip)
-        x_train = torch.cat([x, adv1.detach(), adv2.detach()])
+        grad_norm = generator_step(self.generator, self.optimizer, objective, cfg.grad_clip)
+        adv1, adv2 = adv1.detach(), adv2.detach()
+        x_train = torch.cat([x, adv1, adv2])
         # How far apart two z draws put x_adv(T) (mean |Δ| per pixel): the spread L_div acts on.
-        spread = (adv1.detach() - adv2.detach()).abs().mean()
-        metrics = {"train/loss_cls": loss_cls.detach(), "train/loss_div": loss_div.detach(), "train/adv_spread": spread}
+        spread = (adv1 - adv2).abs().mean()
+        metrics = {"train/loss_cls": loss_cls.detach(), "train/loss_div": loss_div.detach(), "train/adv_spread": spread,
+                   **_health(torch.cat([x, x]), torch.cat([adv1, adv2]), last_delta[0], grad_norm)}
         return x_train, torch.cat([y, y, y]), metrics
+
+
+def _health(x: Tensor, x_adv: Tensor, delta: Tensor, grad_norm: Tensor) -> dict[str, Tensor]:
+    """The generator's health metrics (docs/method.md, "A generator that stops fooling"): its pre-clip
+    gradient norm and the share of δ that the [0, 1] clamp erases."""
+    return {"train/gen_grad_norm": grad_norm, "train/clamp_erased": clamp_erased(x, x_adv, delta)}
 
 
 class L2LStarDefense(_GeneratorDefense):
@@ -75,10 +85,13 @@ class L2LStarDefense(_GeneratorDefense):
 
     def batch(self, x: Tensor, y: Tensor, iteration: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         self.generator.train()
+        last_delta: list[Tensor] = []
         loss_cls, x_adv = l2lstar_loss(self.generator, self.classifier, x, y, eps=self.cfg.eps_value,
-                                       kernels=self.kernels)
-        generator_step(self.generator, self.optimizer, loss_cls, self.cfg.grad_clip)
-        return torch.cat([x, x_adv.detach()]), torch.cat([y, y]), {"train/loss_cls": loss_cls.detach()}
+                                       kernels=self.kernels, last_delta=last_delta)
+        grad_norm = generator_step(self.generator, self.optimizer, loss_cls, self.cfg.grad_clip)
+        x_adv = x_adv.detach()
+        return torch.cat([x, x_adv]), torch.cat([y, y]), {"train/loss_cls": loss_cls.detach(),
+                                                          **_health(x, x_adv, last_delta[0], grad_norm)}
 
 
 def l2lda_generator(cfg: Any, shape: Sequence[int], num_classes: int, *, width: int) -> Generator:

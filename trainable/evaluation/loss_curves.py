@@ -149,7 +149,8 @@ def compute_figure2(model: nn.Module, cfg: Any, data: Any, *, generator: nn.Modu
                                  batch=cfg.batch_size, eps=eps, eps_step=step, T=steps, lam=cfg.lam_value,
                                  lr=ATTACKER_LR, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                  clip=cfg.grad_clip, seed=_seed(seed, "figure2/l2lda"), adam=True,
-                                 progress=lambda d, n: clock.tick("L2L-DA generator training steps", d, n, t_da))
+                                 progress=lambda d, n: clock.tick("L2L-DA generator training steps", d, n, t_da),
+                                 objective=cfg.gen_objective)
         sources["l2lda"] = f"fresh, trained {cfg.gen_attack_steps} steps against the frozen classifier"
     if isinstance(generator, L2LStarGenerator):
         gen_l2l, sources["l2l"] = copy.deepcopy(generator).eval(), "trial L2L* generator"

@@ -25,6 +25,7 @@ from trainable.config import TrialConfig
 from trainable.data.loading import BatchSampler, augment, fixed_subset, load_dataset
 from trainable.defenses.registry import DEFENSES, build_defense
 from trainable.evaluation.matrix import EvalContext, MatrixResult, robustness_matrix
+from trainable.experiment.health import FLAG as COLLAPSE_FLAG, CollapseCheck
 from trainable.experiment.resources import resolve_device, set_threads
 from trainable.experiment.warmup import WarmupCache
 from trainable.models.classifiers import build_classifier
@@ -54,7 +55,7 @@ class Experiment:
         self.data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, self.device)
         shape, ncls = self.data.shape, self.data.num_classes
         torch.manual_seed(cfg.seed)
-        self.classifier = build_classifier(cfg.model, cfg.dataset, shape[0]).to(self.device)
+        self.classifier = build_classifier(cfg.model, cfg.dataset, shape[0], cfg.input_norm).to(self.device)
         if cfg.channels_last:  # docs/performance.md: NHWC wins on CPU (oneDNN) as on CUDA
             self.classifier = self.classifier.to(memory_format=torch.channels_last)
         self.clf_opt = torch.optim.SGD(self.classifier.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -75,11 +76,14 @@ class Experiment:
         torch.manual_seed(cfg.seed + 2)
         self.defense = build_defense(cfg, self.classifier, shape, ncls, self.device)
         self.adversarial = DEFENSES[cfg.defense].adversarial  # False: clean batches only (no defense)
+        # Generator defenses are watched for a generator that stops fooling (docs/method.md).
+        self.health = CollapseCheck() if DEFENSES[cfg.defense].generator is not None else None
+        self.stopped_at: int | None = None  # set when `stop_on_collapse` ended training early
 
     # ------------------------------------------------------------------ train
     @property
     def done(self) -> bool:
-        return self.iteration >= self.cfg.total_iterations
+        return self.iteration >= self.cfg.total_iterations or self.stopped_at is not None
 
     def lr_at(self, it: int) -> float:
         """Classifier LR at iteration `it`: ×0.1 from `lr_decay_at` of the adversarial iterations on (None: never)."""
@@ -183,12 +187,16 @@ class Experiment:
         # profiles say when their rows used different pipelines.
         res.profile["training"] = {k: getattr(self.cfg, k) for k in
                                    ("defense", "augment", "clf_grad_clip", "lr_decay_at", "warmup", "iterations",
-                                    "batch_size", "lr")}
+                                    "batch_size", "lr", "input_norm", "gen_objective")}
+        if self.stopped_at is not None:
+            res.profile["training"]["stopped_at"] = self.stopped_at  # stop_on_collapse ended training early
         return res
 
     def step(self) -> dict[str, Any]:
         """One reporting step: train, validate; the finishing step adds the robustness matrix."""
+        start = self.iteration
         out: dict[str, Any] = self.train(self.cfg.steps_per_report)
+        self._check_health(out, start)
         out.update(self.validate())
         self.history.append({k: v for k, v in out.items() if isinstance(v, float)})
         if self.done:
@@ -200,6 +208,18 @@ class Experiment:
             out["done"] = True
         out["time/train_total_s"] = self.train_time
         return out
+
+    def _check_health(self, out: dict[str, Any], start: int) -> None:
+        """The collapse check on a report whose iterations were all adversarial (docs/method.md)."""
+        if self.health is None:
+            return
+        if start >= self.cfg.warmup and self.health.update(out, self.iteration):
+            self.log(f"check: {self.health.message(out)}")
+            if self.cfg.stop_on_collapse:
+                self.stopped_at = self.iteration
+                self.log(f"check: stop_on_collapse: training stops at iteration {self.iteration}; "
+                         f"the test matrix runs on this classifier")
+        out[COLLAPSE_FLAG] = 1.0 if self.health.fired else 0.0
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
@@ -214,6 +234,7 @@ class Experiment:
             "rng": rng,
             "iteration": self.iteration,
             "train_time": self.train_time,
+            "health": {**(self.health.state_dict() if self.health is not None else {}), "stopped_at": self.stopped_at},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -227,6 +248,10 @@ class Experiment:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         self.iteration = int(state["iteration"])
         self.train_time = float(state.get("train_time", 0.0))
+        health = state.get("health") or {}  # checkpoints of earlier versions have none
+        if self.health is not None:
+            self.health.load_state_dict(health)
+        self.stopped_at = None if health.get("stopped_at") is None else int(health["stopped_at"])
 
     def save(self, directory: str | os.PathLike) -> None:
         meta = {"iteration": self.iteration, "dataset": self.cfg.dataset, "model": self.cfg.model,
@@ -249,7 +274,7 @@ class Experiment:
     def from_checkpoint(cls, directory: str | os.PathLike, log: Callable[[str], None] | None = None,
                         **overrides: Any) -> Experiment:
         _, config, _ = load_state(directory)  # validates the files before building anything
-        cfg = TrialConfig.from_dict({**config, **overrides})
+        cfg = TrialConfig.from_stored({**config, **overrides})
         exp = cls(cfg, log=log, use_cache=False)
         exp.restore(directory)
         return exp

@@ -19,10 +19,13 @@ import torch
 from trainable.config import TrialConfig
 
 
+WARMUP_FORMAT = 2  # 2: classifiers built as their sources build them (input normalisation, init)
+
+
 def _warmup_key(cfg: TrialConfig) -> str:
     # The warm-up is plain CE with no clip (docs/method.md), so the classifier clip is not part of the key.
-    keys = ("dataset", "model", "seed", "warmup", "batch_size", "lr", "momentum", "weight_decay", "augment")
-    blob = json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True)
+    keys = ("dataset", "model", "input_norm", "seed", "warmup", "batch_size", "lr", "momentum", "weight_decay", "augment")
+    blob = json.dumps({"format": WARMUP_FORMAT, **{k: getattr(cfg, k) for k in keys}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -128,7 +128,8 @@ EAGER = RolloutKernels()
 
 def rollout(generator: nn.Module, classifier: nn.Module, x: Tensor, y: Tensor, z: Tensor | None, *, eps: float,
             eps_step: float, steps: int, differentiable: bool, with_losses: bool = False,
-            kernels: RolloutKernels | None = None) -> tuple[list[Tensor], list[Tensor]]:
+            kernels: RolloutKernels | None = None, last_delta: list[Tensor] | None = None
+            ) -> tuple[list[Tensor], list[Tensor]]:
     """Eq. 5 unrolled for `steps` steps; returns ([x_adv(1..T)], [CE per example at x_adv(1..T)]).
 
     differentiable=True: the graph runs through δ over the whole recursion (generator
@@ -138,6 +139,7 @@ def rollout(generator: nn.Module, classifier: nn.Module, x: Tensor, y: Tensor, z
     (attacking). The classifier is always in eval mode, its parameters frozen for the
     duration. One-shot generation (steps = 1) steps by ε, not ε_step. CE values are
     returned only when ``with_losses`` (the last step's needs one more classifier pass).
+    ``last_delta``, when given, receives δ(T), detached (the collapse check's clamp share).
     """
     if steps < 1:
         raise ValueError(f"steps: must be >= 1, got {steps}")
@@ -161,6 +163,8 @@ def rollout(generator: nn.Module, classifier: nn.Module, x: Tensor, y: Tensor, z
             with torch.set_grad_enabled(differentiable):
                 delta, x_adv = k.update(generator, x, g, delta, z, y, step=step, eps=eps, amp_dtype=k.amp_dtype)
             advs.append(x_adv)
+        if last_delta is not None:
+            last_delta.append(delta.detach())
         if with_losses:
             if x_adv.requires_grad:
                 ce, g_raw = k.ce_grad(classifier, x_adv, y)

@@ -1,7 +1,10 @@
-"""Classifiers of docs/method.md: LeNet-5 (MNIST) and ResNet-20 (CIFAR-10).
+"""Classifiers of docs/method.md: LeNet-5 (MNIST) and ResNet-20 (CIFAR-10), as their sources build them.
 
-Normalisation is a buffer inside each classifier, so attacks and generators always
-work in [0, 1] pixel space and budgets never need rescaling (RobustBench convention).
+Input normalisation follows each classifier's source ("Classifiers" in docs/method.md): the
+authors' MNIST LeNet-5 takes raw [0, 1] pixels; their CIFAR-10 ResNet-20 normalises with
+ImageNet statistics. Where a classifier normalises, mean and std are buffers inside it, so
+attacks and generators always work in [0, 1] pixel space and budgets never need rescaling
+(RobustBench convention).
 """
 from __future__ import annotations
 
@@ -9,6 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+# The statistics the authors' CIFAR-10 ResNet-20 normalises with (docs/method.md, "Classifiers").
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
 
 class Normalize(nn.Module):
     """(x − mean) / std with mean and std as buffers (saved in checkpoints, moved with .to)."""
@@ -22,19 +29,43 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def input_normalization(mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> nn.Module:
+    """A :class:`Normalize` with these statistics, or the identity when there are none (raw pixels)."""
+    if mean is None or std is None:
+        return nn.Identity()
+    return Normalize(mean, std)
+
+
+def authors_init(module: nn.Module) -> None:
+    """The L2L-DA authors' initialisation of a classifier trained from scratch (docs/method.md,
+    "Classifiers"): convolution weights N(0, 0.02), linear weights xavier-uniform, zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+        else:
+            continue
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 class LeNet5(nn.Module):
     """LeNet-5 as in the authors' code: conv(1→6,5,p2)-ReLU-pool, conv(6→16,5)-ReLU-pool,
-    conv(16→120,5)-ReLU, fc 84, fc 10. Input (N, 1, 28, 28) in [0, 1]."""
+    conv(16→120,5)-ReLU, fc 84, fc 10, with the authors' initialisation. Input (N, 1, 28, 28)
+    in [0, 1]; raw pixels unless `mean`/`std` are given (the authors' and Madry's MNIST
+    models take raw pixels; checkpoints of earlier versions carry MNIST statistics)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10,
-                 mean: tuple[float, ...] = (0.1307,), std: tuple[float, ...] = (0.3081,)) -> None:
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> None:
         super().__init__()
-        self.normalize = Normalize(mean, std)
+        self.normalize = input_normalization(mean, std)
         self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
         self.conv2 = nn.Conv2d(6, 16, 5)
         self.conv3 = nn.Conv2d(16, 120, 5)
         self.fc1 = nn.Linear(120, 84)
         self.fc2 = nn.Linear(84, num_classes)
+        authors_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.normalize(x)
@@ -71,13 +102,14 @@ class _BasicBlock(nn.Module):
 
 class ResNet20(nn.Module):
     """ResNet-20 for CIFAR (He et al. 2016, §4.2): 3 stages × 3 blocks, widths 16/32/64,
-    option-A shortcuts; 0.27 M parameters. Input (N, 3, 32, 32) in [0, 1]."""
+    option-A shortcuts, Kaiming-normal init; 0.27 M parameters. Input (N, 3, 32, 32) in [0, 1],
+    normalised inside by `mean`/`std` (the authors' pre-trained ResNet-20: ImageNet statistics)."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10,
-                 mean: tuple[float, ...] = (0.4914, 0.4822, 0.4465),
-                 std: tuple[float, ...] = (0.2470, 0.2435, 0.2616)) -> None:
+                 mean: tuple[float, ...] | None = IMAGENET_STATS[0],
+                 std: tuple[float, ...] | None = IMAGENET_STATS[1]) -> None:
         super().__init__()
-        self.normalize = Normalize(mean, std)
+        self.normalize = input_normalization(mean, std)
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         layers, in_planes = [], 16
@@ -98,19 +130,38 @@ class ResNet20(nn.Module):
         return self.fc(x)
 
 
-def build_classifier(name: str, dataset: str, in_channels: int | None = None) -> nn.Module:
-    """The named classifier (a models registry entry) with the dataset's normalisation buffers inside."""
+def build_classifier(name: str, dataset: str, in_channels: int | None = None, input_norm: str = "auto") -> nn.Module:
+    """The named classifier (a models registry entry) for `dataset`, with the input normalisation
+    `input_norm` ("auto": the classifier's source on this dataset; see :data:`INPUT_NORMS`)."""
     from trainable.data.registry import DATASETS
     from trainable.models.registry import CLASSIFIERS
 
-    data = DATASETS[dataset]
-    mean, std = data.mean, data.std
-    channels = in_channels if in_channels is not None else len(mean)
-    if channels != len(mean):  # e.g. LeNet-5 on CIFAR: broadcast grey statistics
-        mean, std = (mean[0],) * channels, (std[0],) * channels
     if name not in CLASSIFIERS:
         raise ValueError(f"model: {CLASSIFIERS.unknown(name)}")
-    return CLASSIFIERS[name].make(in_channels=channels, num_classes=data.num_classes, mean=mean, std=std)
+    data = DATASETS[dataset]
+    channels = in_channels if in_channels is not None else data.shape[0]
+    entry = CLASSIFIERS[name]
+    mean, std = normalization_stats(entry.input_norm_for(dataset) if input_norm == "auto" else input_norm, dataset)
+    if mean is not None and channels != len(mean):  # e.g. LeNet-5 on CIFAR: broadcast grey statistics
+        mean, std = (mean[0],) * channels, (std[0],) * channels
+    return entry.make(in_channels=channels, num_classes=data.num_classes, mean=mean, std=std)
+
+
+# The input normalisations a classifier can be built with (TrialConfig.input_norm).
+INPUT_NORMS = ("none", "dataset", "imagenet")
+
+
+def normalization_stats(input_norm: str, dataset: str) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(mean, std) of an input normalisation: none (raw pixels), the dataset's own statistics, ImageNet's."""
+    if input_norm == "none":
+        return None, None
+    if input_norm == "imagenet":
+        return IMAGENET_STATS
+    if input_norm == "dataset":
+        from trainable.data.registry import DATASETS
+
+        return DATASETS[dataset].mean, DATASETS[dataset].std
+    raise ValueError(f"input_norm: expected one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -49,7 +49,7 @@ def _sha256(path: Path) -> str:
 
 def _config(data: dict, where: str) -> TrialConfig:
     try:
-        return TrialConfig.from_dict(data).resolved()
+        return TrialConfig.from_stored(data).resolved()
     except ConfigError as exc:
         raise CheckpointError(f"{where}: invalid config ({exc})") from None
 
@@ -184,7 +184,7 @@ def _verify(d: Path, name: str) -> Path:
 
 def build_for(cfg: TrialConfig, device: str | torch.device = "cpu") -> nn.Module:
     shape = DATASETS[cfg.dataset].shape
-    return build_classifier(cfg.model_name, cfg.dataset, shape[0]).to(device)
+    return build_classifier(cfg.model_name, cfg.dataset, shape[0], cfg.input_norm).to(device)
 
 
 def build_generator_for(cfg: TrialConfig, device: str | torch.device = "cpu") -> nn.Module:
@@ -275,8 +275,12 @@ def load_state_dict_file(path: str | os.PathLike, dataset: str = "mnist5k", mode
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{p}: not a state dict of tensors")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    if "normalize.mean" in state and cfg.input_norm == "none":
+        # a classifier that normalises inside (ours before docs/method.md's "Classifiers" change):
+        # build it with a normalisation, whose statistics the file's buffers then set
+        cfg = cfg.replace(input_norm="dataset").resolved()
     clf = build_for(cfg, device)
-    # Plain state dicts from elsewhere may lack our normalisation buffers: keep the dataset's.
+    # Plain state dicts from elsewhere may lack our normalisation buffers: keep the source's.
     own = clf.state_dict()
     for k in ("normalize.mean", "normalize.std"):
         if k not in state and k in own:

@@ -88,10 +88,25 @@ def test_classifier_parameter_counts():
     assert build_classifier("lenet5", "mnist")(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_normalisation_is_a_buffer_inside_the_model():
+def test_normalisation_follows_the_source_and_is_a_buffer_inside_the_model():
+    # the authors' LeNet-5 takes raw pixels; their CIFAR-10 ResNet-20 normalises with ImageNet statistics
+    assert not dict(build_classifier("lenet5", "mnist5k").named_buffers())
+    x = torch.rand(2, 1, 28, 28)
+    lenet = build_classifier("lenet5", "mnist5k")
+    assert torch.equal(lenet.normalize(x), x)
+    names = dict(build_classifier("resnet20", "cifar10").named_buffers())
+    assert names["normalize.mean"].flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+    names = dict(build_classifier("lenet5", "mnist5k", input_norm="dataset").named_buffers())
+    assert names["normalize.mean"].flatten().tolist() == pytest.approx([0.1307])
+
+
+def test_lenet_takes_the_authors_init():
     m = build_classifier("lenet5", "mnist5k")
-    names = dict(m.named_buffers())
-    assert "normalize.mean" in names and "normalize.std" in names
+    for conv in (m.conv1, m.conv2, m.conv3):
+        assert abs(float(conv.weight.std()) - 0.02) < 0.005 and not conv.bias.any()
+    for fc in (m.fc1, m.fc2):  # xavier-uniform: |w| ≤ sqrt(6 / (fan_in + fan_out))
+        bound = (6 / (fc.in_features + fc.out_features)) ** 0.5
+        assert float(fc.weight.abs().max()) <= bound and not fc.bias.any()
 
 
 def test_augment_crops_on_device_and_keeps_range():

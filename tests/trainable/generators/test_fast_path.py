@@ -51,7 +51,9 @@ def _setup(shape=(1, 28, 28), n=6, width=8, seed=0, **flags):
 
 def _step_new(gen, clf, x, y, z, kernels=None, lam=LAM):
     opt = torch.optim.SGD(gen.parameters(), lr=0.01, momentum=0.9)
-    lc, ld, a1, a2 = l2lda_losses(gen, clf, x, y, 8, eps=EPS, eps_step=STEP, steps=T, z=z, kernels=kernels)
+    # the frozen reference averages over the T steps (the paper's Eq. 6): compare like with like
+    lc, ld, a1, a2 = l2lda_losses(gen, clf, x, y, 8, eps=EPS, eps_step=STEP, steps=T, z=z, kernels=kernels,
+                                  objective="mean")
     generator_step(gen, opt, lc + lam * ld if lam > 0 else lc, 1.0)
     return lc.detach(), ld.detach(), a1.detach(), a2.detach()
 
@@ -72,9 +74,9 @@ def _grads_match(gen, clf, x, y, z, rtol=1e-9):
     advs, losses = ref.rollout(g_ref, clf, torch.cat([x, x]), torch.cat([y, y]), z, eps=EPS, eps_step=STEP, steps=T,
                                differentiable=True, with_losses=True)
     lc = torch.stack([c.mean() for c in losses]).mean()
-    ld = diversity_loss([a[:n] for a in advs], [a[n:] for a in advs], z[:n], z[n:])
+    ld = diversity_loss([a[:n] for a in advs], [a[n:] for a in advs], z[:n], z[n:], "mean")
     want = torch.autograd.grad(lc + LAM * ld, list(g_ref.parameters()))
-    lc2, ld2, _, _ = l2lda_losses(gen, clf, x, y, 8, eps=EPS, eps_step=STEP, steps=T, z=z)
+    lc2, ld2, _, _ = l2lda_losses(gen, clf, x, y, 8, eps=EPS, eps_step=STEP, steps=T, z=z, objective="mean")
     got = torch.autograd.grad(lc2 + LAM * ld2, list(gen.parameters()))
     assert _close(lc, lc2) and _close(ld, ld2)
     for (name, _), a, b in zip(gen.named_parameters(), want, got):

@@ -242,6 +242,30 @@ def test_diversity_loss_is_eq7():
     a1 = [torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)]
     a2 = [torch.full((2, 1, 2, 2), 0.2), torch.full((2, 1, 2, 2), 0.4)]
     z1, z2 = torch.zeros(2, 4), torch.tensor([[1.0] * 4, [2.0] * 4])
-    # per-sample ratio: t=1: 0.2/1, 0.2/2; t=2: 0.4/1, 0.4/2 → batch means 0.15, 0.3 → mean 0.225
-    assert abs(float(diversity_loss(a1, a2, z1, z2)) - 0.225) < 1e-6
+    # per-sample ratio: t=1: 0.2/1, 0.2/2; t=2: 0.4/1, 0.4/2 → batch means 0.15, 0.3 → summed over the
+    # steps as the authors' code (0.45), averaged as the paper writes it (0.225)
+    assert abs(float(diversity_loss(a1, a2, z1, z2)) - 0.45) < 1e-6
+    assert abs(float(diversity_loss(a1, a2, z1, z2, "mean")) - 0.225) < 1e-6
     assert float(diversity_loss(a1, a1, z1, z2)) == 0.0
+
+
+def test_the_authors_objective_sums_over_the_steps():
+    """gen_objective "sum" (the authors' code) is T× the paper's average, terms and gradients alike:
+    with SGD and the grad-norm clip that is a T× larger step while the gradient is under the clip."""
+    shape, T = (1, 28, 28), 3
+    x, y = _batch(shape, n=6)
+    clf = _clf(shape)
+    g = _kick(Generator(shape, 10, width=8), 0.1).train()
+    z = torch.randn(12, 8)
+    grads = {}
+    for objective in ("sum", "mean"):
+        l_cls, l_div, _, _ = l2lda_losses(g, clf, x, y, 8, eps=EPS, eps_step=STEP, steps=T, z=z, objective=objective)
+        grads[objective] = (l_cls.detach(), l_div.detach(),
+                            torch.autograd.grad(l_cls + 0.5 * l_div, list(g.parameters()), allow_unused=True))
+    s, m = grads["sum"], grads["mean"]
+    assert torch.allclose(s[0], T * m[0], rtol=1e-5) and torch.allclose(s[1], T * m[1], rtol=1e-5)
+    for a, b in zip(s[2], m[2]):
+        if a is not None:
+            assert torch.allclose(a, T * b, rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match="gen_objective"):
+        l2lda_losses(g, clf, x, y, 8, eps=EPS, eps_step=STEP, steps=T, z=z, objective="max")
