@@ -196,7 +196,7 @@ class Experiment:
         """One reporting step: train, validate; the finishing step adds the robustness matrix."""
         start = self.iteration
         out: dict[str, Any] = self.train(self.cfg.steps_per_report)
-        self._check_health(out, start)
+        self.check_health(out, start)
         out.update(self.validate())
         self.history.append({k: v for k, v in out.items() if isinstance(v, float)})
         if self.done:
@@ -209,7 +209,7 @@ class Experiment:
         out["time/train_total_s"] = self.train_time
         return out
 
-    def _check_health(self, out: dict[str, Any], start: int) -> None:
+    def check_health(self, out: dict[str, Any], start: int) -> None:
         """The collapse check on a report whose iterations were all adversarial (docs/method.md)."""
         if self.health is None:
             return
