@@ -575,6 +575,12 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
     md += (["⚠ These flags fired; the affected robustness numbers may be overestimates:", "", *warn]
            if warn else ["No gradient-masking flag fired."])
     md.append("")
+    collapsed = generator_checks(rows)
+    if collapsed:
+        md += ["## Generator checks", "", "⚠ These trials' generators stopped fooling the classifier during training "
+               "(`check/generator_collapsed`, docs/method.md): their rows measure a classifier trained on attacks it "
+               "had learned to ignore.", "", *collapsed, ""]
+    written["generator_checks"] = collapsed
     # ε-curves per row.
     curves = []
     for row, members in rows.items():
@@ -593,6 +599,18 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
     return written
 
 
+def generator_checks(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One line per trial whose generator collapsed during training (docs/method.md, "A generator that stops fooling")."""
+    out = []
+    for row, members in rows.items():
+        for m in members:
+            if m["metrics"].get("check/generator_collapsed", 0.0) >= 0.5:
+                out.append(f"- **{row}**, seed {m['params'].get('seed', '?')} ({m['name']}): generator collapsed "
+                           f"(train adversarial accuracy {100 * m['metrics'].get('train/acc_adv', float('nan')):.1f}% "
+                           f"vs clean {100 * m['metrics'].get('train/acc_clean', float('nan')):.1f}%)")
+    return out
+
+
 def report_command(experiment: str | Sequence[str], out: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """Entry point of `l2lda-tune report --experiment NAME [--experiment NAME2 …] --out DIR [--tracking-uri URI]`."""
     from orchestrator.export import open_store
@@ -609,5 +627,5 @@ def report_command(experiment: str | Sequence[str], out: str, tracking_uri: str 
     pairs = written["paired_comparisons"]
     print(f"report: {written['report']} ({', '.join(sorted(written['tables']))}; "
           f"{len(pairs)} paired comparisons, {sum(e['significant'] for e in pairs)} significant at 5%; "
-          f"{len(written['warnings'])} masking warnings)")
+          f"{len(written['warnings'])} masking warnings; {len(written['generator_checks'])} collapsed generators)")
     return written

@@ -11,7 +11,7 @@ from orchestrator.artifacts import write_matrix_parquet
 from orchestrator.report import ReportError, make_report, report_command
 
 
-def _log_trial(client, exp_id, tmp_path, defense, seed, acc, flags=(), recursive=True, extra=None):
+def _log_trial(client, exp_id, tmp_path, defense, seed, acc, flags=(), recursive=True, extra=None, collapsed=False):
     run = client.create_run(exp_id, tags={"role": "trial", "trial_name": f"{defense}_{seed}_{recursive}"})
     rid = run.info.run_id
     for k, v in {"defense": defense, "seed": seed, "eps": 0.3, "recursive": recursive, "diversity": True,
@@ -24,6 +24,11 @@ def _log_trial(client, exp_id, tmp_path, defense, seed, acc, flags=(), recursive
         metrics[f"check/{f}"] = 1.0 if f in flags else 0.0
     for k, v in metrics.items():
         client.log_metric(rid, k, v)
+    if defense == "l2lda":  # the training-time generator check, as the trial reports it
+        train = {"check/generator_collapsed": float(collapsed), "train/acc_adv": 0.97 if collapsed else 0.4,
+                 "train/acc_clean": 0.975}
+        for k, v in train.items():
+            client.log_metric(rid, k, v)
     mj = {"n": 200, "metrics": metrics,
           "profile": {"n": 200, "eps_curve": [{"eps": 0.1, "accuracy": 0.8}, {"eps": 1.0, "accuracy": 0.0}]},
           "checks": {"masking": {f: {"fired": True, "detail": f"{f} detail"} for f in flags}}}
@@ -52,7 +57,7 @@ def test_report_writes_three_tables_flags_and_figures(tmp_path):
                    flags=("pfree_gap",) if seed == 1 else ())
         for rec in (True, False):
             _log_trial(client, exp_id, tmp_path, "l2lda", seed, {k: v - 0.05 * (not rec) for k, v in base.items()},
-                       recursive=rec)
+                       recursive=rec, collapsed=(seed, rec) == (1, False))
     unfinished = client.create_run(exp_id, tags={"role": "trial"})  # RUNNING: must be ignored
     client.log_metric(unfinished.info.run_id, "matrix/natural", 0.1)
 
@@ -64,6 +69,9 @@ def test_report_writes_three_tables_flags_and_figures(tmp_path):
     assert "| pgd10_at | 2 | 97.5 ± 0.7" in md  # natural over seeds 0.98 / 0.97 (percent)
     assert "not the paper's C&W" in md
     assert "pfree_gap" in md and "pfree_gap detail" in md and len(written["warnings"]) == 1
+    # the one collapsed generator is named, with its train accuracies, and no other trial is
+    assert "## Generator checks" in md and len(written["generator_checks"]) == 1
+    assert "l2lda (recursive=False)**, seed 1" in written["generator_checks"][0] and "97.0% vs clean 97.5%" in written["generator_checks"][0]
     t2 = pq.read_table(out / "table2.parquet").to_pylist()
     cell = next(c for c in t2 if c["row"] == "pgd10_at" and c["column"] == "pgd100")
     assert cell["seeds"] == 2 and cell["n_points"] == 400
