@@ -54,7 +54,9 @@ def test_l2lda_batch_is_algorithm_1(lenet):
     assert xt.shape == (48, 1, 28, 28) and torch.equal(yt, torch.cat([y, y, y])) and torch.equal(xt[:16], x)
     assert not xt.requires_grad
     assert (xt[16:] - torch.cat([x, x])).abs().max() <= cfg.eps + 1e-6 and xt.min() >= 0 and xt.max() <= 1
-    assert set(m) == {"train/loss_cls", "train/loss_div", "train/adv_spread"} and all(v.dim() == 0 for v in m.values())
+    assert set(m) == {"train/loss_cls", "train/loss_div", "train/adv_spread", "train/gen_grad_norm",
+                      "train/clamp_erased"} and all(v.dim() == 0 for v in m.values())
+    assert float(m["train/gen_grad_norm"]) > 0 and 0 <= float(m["train/clamp_erased"]) <= 1
     assert len(calls) == cfg.T, "z fixed, doubled batch: one generator forward per recursion step"
     assert clf.training, "classifier mode restored"
     assert all(p.grad is None for p in clf.parameters()), "the classifier receives no gradient from the generator"
@@ -90,7 +92,7 @@ def test_l2l_star_defense_one_step(lenet):
     calls = _count_forwards(d.generator)
     x, y = lenet.data.train_x[:8], lenet.data.train_y[:8]
     xt, yt, m = d.batch(x, y, 0)
-    assert len(calls) == 1 and xt.shape == (16, 1, 28, 28) and set(m) == {"train/loss_cls"}
+    assert len(calls) == 1 and xt.shape == (16, 1, 28, 28) and set(m) == {"train/loss_cls", "train/gen_grad_norm", "train/clamp_erased"}
     assert (xt[8:] - x).abs().max() <= cfg.eps + 1e-6
     assert all(p.grad is None for p in clf.parameters())
 
