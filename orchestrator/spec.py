@@ -599,6 +599,10 @@ def build_study(raw: Any, text: str = "", source: str | None = None) -> Study:
     for name, entry in model.space.items():
         params[name] = _parse_param(str(name), entry, base, set(base))
     _check_conditions(params, base)
+    amp = params.get("amp")
+    if amp is not None and model.resources.gpu == 0 and any(v not in (None, False) for v in amp.values):
+        raise SpecError("space.amp: bf16 runs on CUDA only, but resources.gpu is 0 (the trial gets no GPU); "
+                        "set resources.gpu or drop amp from the space")
 
     study = Study(name=model.name, description=model.description, base=base, params=params, search=model.search,
                   scheduler=model.scheduler, resources=model.resources, failure=model.failure,
