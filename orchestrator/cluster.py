@@ -8,6 +8,7 @@ in one line rather than after the first reports of every trial:
 * every node that can hold a trial runs one small Ray task: datasets that download are
   fetched there once, under a file lock (trials on that node then find them), datasets that
   do not are checked; with ``--address`` a local storage path must be visible from the node;
+  with a GPU share, CUDA must be usable there;
   the first node that fails is named in a :class:`NodeCheckError` (exit 2);
 * the placement wait asks the autoscaler for the bundles it waits for;
 * checkpoints on remote storage (``s3://…``) are fetched through pyarrow's filesystems for the
@@ -63,9 +64,18 @@ def sweep_datasets(study: Any) -> list[tuple[str, str, bool]]:
                   if n in DATASETS and DATASETS[n].check is not None)
 
 
-def node_check(datasets: list[tuple[str, str, bool]], probe: tuple[str, str] | None) -> str | None:
-    """What one node finds wrong, else None (runs in a Ray task on that node)."""
+def node_check(datasets: list[tuple[str, str, bool]], probe: tuple[str, str] | None,
+               gpu: float = 0.0) -> str | None:
+    """What one node finds wrong, else None (runs in a Ray task on that node, holding a trial's
+    GPU share when `gpu`, so it sees what a trial would)."""
     from trainable.data.sources import prepare_dataset
+
+    if gpu > 0:
+        import torch
+
+        if not torch.cuda.is_available() or torch.cuda.device_count() < 1:
+            return (f"a trial gets {gpu:g} GPU here, but CUDA is not usable (torch.cuda.is_available() is "
+                    f"{torch.cuda.is_available()}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')})")
 
     for name, root, download in datasets:
         try:
@@ -116,7 +126,8 @@ def check_nodes(study: Any, storage: str, address: str | None, log: Callable[[st
 
     datasets = sweep_datasets(study)
     probe_dir = storage if address and is_local(storage) else None
-    if not datasets and probe_dir is None:
+    gpu = float(study.resources.gpu)
+    if not datasets and probe_dir is None and gpu == 0:
         return
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -126,14 +137,14 @@ def check_nodes(study: Any, storage: str, address: str | None, log: Callable[[st
     probe_file = Path(probe_dir) / f"{PROBE_PREFIX}{token}" if probe_dir else None
     what = " and ".join(x for x in (
         ("fetching" if any(d for *_, d in datasets) else "checking") + " " + ", ".join(n for n, *_ in datasets)
-        if datasets else "", "checking the storage" if probe_dir else "") if x)
+        if datasets else "", "checking the storage" if probe_dir else "", "checking CUDA" if gpu else "") if x)
     log(f"nodes: {what} on {len(nodes)} node{'s' if len(nodes) != 1 else ''} before the trials start")
-    task = ray.remote(num_cpus=0, max_retries=0)(node_check)
+    task = ray.remote(num_cpus=0, num_gpus=gpu, max_retries=0)(node_check)
     try:
         if probe_file is not None:
             probe_file.write_text(token)
         refs = [(n, task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                 .remote(datasets, (probe_dir, token) if probe_dir else None)) for n in nodes]
+                 .remote(datasets, (probe_dir, token) if probe_dir else None, gpu)) for n in nodes]
         for node, ref in refs:
             try:
                 problem = ray.get(ref, timeout=timeout)

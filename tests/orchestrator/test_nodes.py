@@ -111,6 +111,14 @@ def test_local_storage_with_an_address_must_be_the_same_folder_on_every_node(tmp
     assert "another folder than the driver's" in cluster.node_check([], (str(runs), "tok"))
 
 
+def test_a_node_without_usable_cuda_fails_a_gpu_study_before_any_trial(monkeypatch):
+    """A trial given a GPU share on a node where CUDA is unusable trained on the CPU, silently."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    msg = cluster.node_check([], None, gpu=0.25)
+    assert msg.startswith("a trial gets 0.25 GPU here, but CUDA is not usable"), msg
+    assert cluster.node_check([], None, gpu=0.0) is None
+
+
 # -------------------------------------------------------------------------- autoscaling
 def test_placement_wait_asks_the_autoscaler_for_the_bundles(monkeypatch):
     """Polling ray.nodes() creates no resource demand: an autoscaling cluster with no GPU worker
