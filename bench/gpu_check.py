@@ -67,8 +67,12 @@ def env(**extra: str) -> dict[str, str]:
     return e
 
 
+SLOW = {"factor": 1.0}  # a CPU rehearsal gets longer time limits
+
+
 def sh(args: list[str], timeout: float, cwd: Path | None = None, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=env(**extra), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(args, cwd=cwd, env=env(**extra), capture_output=True, text=True,
+                          timeout=timeout * SLOW["factor"])
 
 
 def cli(*args: str) -> list[str]:
@@ -187,8 +191,16 @@ def stage_sweep(ctx: dict) -> list[str]:
     work.mkdir(parents=True, exist_ok=True)
     spec = work / "gpu_check.yaml"
     if ctx.get("rehearse"):  # the same mechanics on the CPU, small: not a GPU result
-        spec.write_text(SMOKE.format(cache=work / "cache", options="channels_last: true, threads: 1",
-                                     resources="cpu: 0.5, gpu: 0").replace("max_concurrent: 4", "max_concurrent: 2"))
+        import yaml
+
+        raw = yaml.safe_load(SMOKE.format(cache=work / "cache", options="channels_last: true, threads: 1",
+                                          resources="cpu: 1, gpu: 0"))
+        raw["base"].update(warmup=20, iterations=20, steps_per_report=10, val_subset=50, gen_attack_steps=5,
+                           transfer_iterations=10, batch_size=20)
+        raw["space"]["defense"]["grid"] = ["l2lda", "plain"]
+        raw["search"]["max_concurrent"] = 2
+        raw["evaluation"] = {"columns": ["natural", "fgsm", "l2lda", "transfer"], "test_subset": 50}
+        spec.write_text(yaml.safe_dump(raw, sort_keys=False))
     else:
         spec.write_text(SMOKE.format(cache=work / "cache", options="compile: true, amp: bf16, channels_last: true",
                                      resources="cpu: 2, gpu: 0.25"))
@@ -196,12 +208,13 @@ def stage_sweep(ctx: dict) -> list[str]:
     args = cli("--space", str(spec), "--name", "gpu-check", "--storage", str(work / "runs"), "--tracking-uri", db)
     log = (work / "first.log").open("w")
     proc = subprocess.Popen(args, cwd=work, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 240
+    wait = 240 * SLOW["factor"]
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline and proc.poll() is None and not _checkpoints(work / "runs"):
         time.sleep(2)
     lines = []
     if proc.poll() is None:
-        lines.append(f"first checkpoint after {240 - (deadline - time.monotonic()):.0f} s; SIGTERM to the driver")
+        lines.append(f"first checkpoint after {wait - (deadline - time.monotonic()):.0f} s; SIGTERM to the driver")
         os.kill(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=90)
@@ -309,6 +322,7 @@ def main() -> None:
                 raise Skip(f"the {args.budget:.0f} s budget was spent before this stage")
             rehearsal = args.rehearse and not ctx["cuda"] and name in ("sweep", "artifacts")
             ctx["rehearse"] = rehearsal
+            SLOW["factor"] = 3.0 if rehearsal else 1.0
             if name in NEEDS_CUDA and not ctx["cuda"] and not rehearsal:
                 raise Skip("needs CUDA, and CUDA is not usable on this machine")
             lines, outcome = RUN[name](ctx), "ok (CPU rehearsal, not a GPU result)" if rehearsal else "ok"

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from _ray_fixtures import ray_session  # noqa: F401  (fixture)
+from _s3 import s3  # noqa: F401  (fixture)
 from orchestrator import tune_runner
 
 try:  # imported here so that each test, not the module, fails where the module is missing
@@ -138,26 +139,6 @@ def test_placement_wait_asks_the_autoscaler_for_the_bundles(monkeypatch):
 
 
 # ---------------------------------------------------------------------- remote storage
-@pytest.fixture
-def s3(monkeypatch):
-    """An S3-compatible server (moto) on 127.0.0.1 with one bucket; AWS_* set for pyarrow and boto3."""
-    pytest.importorskip("moto.server")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket="l2lda")
-    yield env
-    server.stop()
-
-
 def test_a_checkpoint_on_s3_is_fetched_for_loading(tmp_path, s3):
     """With s3:// storage no LoggedModel was written and export refused: both now fetch the
     checkpoint through pyarrow's filesystem."""
