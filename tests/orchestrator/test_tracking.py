@@ -532,7 +532,7 @@ def test_a_full_queue_makes_reports_wait_and_loses_nothing(store, tiny_run):
         assert run.info.status == "FINISHED"
 
 
-def test_a_trial_on_s3_storage_gets_its_logged_model_and_device_tags(store, tiny_run, s3, tmp_path):
+def test_a_trial_on_s3_storage_gets_its_logged_model_export_and_device_tags(store, tiny_run, s3, tmp_path):
     """With s3:// storage no LoggedModel was written (silently); the device a trial used was recorded nowhere."""
     import pyarrow.fs as pafs
 
@@ -552,3 +552,10 @@ def test_a_trial_on_s3_storage_gets_its_logged_model_and_device_tags(store, tiny
     assert tags["checkpoint_path"] == "s3://l2lda/runs/sweep-s3/t0/checkpoint_000003"
     assert tags.get("model_id"), tags
     assert (tags["device"], tags["cuda_visible_devices"], tags["memory_cap"]) == ("cuda:0", "2", "19.25 GiB of 80.00 GiB")
+    # `export` refused a remote checkpoint; it now fetches it through pyarrow
+    from orchestrator.export import export_command
+    from trainable.weights import load_export
+
+    summary = export_command("unit-s3", tmp_path / "best", tracking_uri=store, log=None)
+    assert summary["checkpoint"] == tags["checkpoint_path"]
+    assert load_export(tmp_path / "best")(torch.rand(2, 1, 28, 28)).shape == (2, 10)
