@@ -290,7 +290,7 @@ def report(results: list[dict], wall: float) -> str:
     md += [f"| {r['stage']} | {r['outcome']} | {r['seconds']:.1f} |" for r in results]
     for r in results:
         md += ["", f"## {r['stage']}: {r['outcome']}", ""]
-        md += [f"    {ln}" for ln in r["lines"]] or ["    (nothing printed)"]
+        md += [f"    {part}" for ln in r["lines"] for part in str(ln).splitlines()] or ["    (nothing printed)"]
     return "\n".join(md) + "\n"
 
 
