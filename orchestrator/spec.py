@@ -121,7 +121,7 @@ class SchedulerSpec(_Section):
 
 
 class ResourcesSpec(_Section):
-    """Per-trial resources: CPUs (torch threads follow them) and GPUs (0, a fraction, whole cards)."""
+    """Per-trial resources: CPUs (torch threads follow them) and GPUs (0, a fraction, or 1: one device per trial)."""
 
     cpu: Annotated[FiniteFloat, Field(gt=0)] = 1.0
     gpu: float = 0.0
