@@ -224,17 +224,21 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     ckpt = run.data.tags.get("checkpoint_path")
     if not ckpt:
         raise CheckpointError(f"run {run.info.run_id}: no checkpoint_path tag (the trial saved no checkpoint)")
-    if "://" in ckpt:
-        raise CheckpointError(f"run {run.info.run_id}: checkpoint {ckpt} is on remote storage; copy it locally "
-                              f"and use `l2lda-tune eval --checkpoint` or fetch it first")
-    if not Path(ckpt).is_dir():
+    from orchestrator.cluster import is_remote, local_checkpoint
+
+    if not is_remote(ckpt) and not Path(ckpt).is_dir():
         raise CheckpointError(f"run {run.info.run_id}: checkpoint {ckpt} not found (storage moved or deleted?)")
-    cfg, clf, gen, meta = load_checkpoint_modules(ckpt)
+    try:
+        with local_checkpoint(ckpt) as where:  # remote storage (s3://…): fetched through pyarrow's filesystem
+            cfg, clf, gen, meta = load_checkpoint_modules(where)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"run {run.info.run_id}: {exc}") from None
     clock.stage("checkpoint loaded; writing the export")
     provenance = {"mlflow": {"tracking_uri": uri, "experiment": experiment, "run_id": run.info.run_id,
                              "trial_id": run.data.tags.get("trial_id"), "metric": metric, "mode": mode,
                              "value": run.data.metrics.get(metric)},
-                  "checkpoint": {"path": str(Path(ckpt).resolve()), "iteration": meta.get("iteration")}}
+                  "checkpoint": {"path": ckpt if is_remote(ckpt) else str(Path(ckpt).resolve()),
+                                 "iteration": meta.get("iteration")}}
     anc = out_dir.resolve().parent
     while not anc.exists():
         anc = anc.parent

@@ -277,7 +277,7 @@ class Writer:
             path = self._stage_dir(run.key, "curves") / art.CURVES_PNG
             self._side.render(run, "loss curves", lambda: [art.write_curves(history, path, title=run.run_name)])
         ckpt = tags.get("checkpoint_path")
-        if body["status"] == "FINISHED" and self.log_models and ckpt and "://" not in ckpt:
+        if body["status"] == "FINISHED" and self.log_models and ckpt:  # local or remote (fetched, orchestrator.cluster)
             run.model_checkpoint = ckpt
         run.terminate = body["status"]
 
@@ -670,7 +670,10 @@ def log_classifier(client: Any, experiment_id: str, job: Mapping[str, Any]) -> s
 
     from trainable.export_io import DATASET_SHAPES, load_checkpoint_modules
 
-    cfg, clf, _gen, meta = load_checkpoint_modules(job["checkpoint"])
+    from orchestrator.cluster import local_checkpoint
+
+    with local_checkpoint(job["checkpoint"]) as where:  # s3://… and other remote storage: fetched through pyarrow
+        cfg, clf, _gen, meta = load_checkpoint_modules(where)
     params = {k: param_value(v) for k, v in job["params"].items()}
     model = client.create_logged_model(experiment_id, name="classifier", source_run_id=job["run_id"], params=params,
                                        tags={"trial_run_name": job["name"], "checkpoint_path": job["checkpoint"],

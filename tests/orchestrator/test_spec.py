@@ -193,6 +193,12 @@ BAD_SPECS = [
     ("name: t\nspace: {seed: {grid: [0, 1]}}\nresources: {cpu: 0}\n", "resources.cpu: must be > 0"),
     ("name: t\nbase: {device: cpu}\nspace: {seed: {grid: [0, 1]}}\nresources: {gpu: 1}\n",
      "resources.gpu: 1.0 GPU per trial but base.device is 'cpu'"),
+    # what a trial could never run on its device (docs/reliability.md, devices)
+    ("name: t\nspace: {seed: {grid: [0, 1]}}\nresources: {gpu: 2}\n", "resources.gpu: 2 GPUs per trial, but a trial trains on one"),
+    ("name: t\nbase: {device: 'cuda:1'}\nspace: {seed: {grid: [0, 1]}}\nresources: {gpu: 0.25}\n",
+     "base.device: 'cuda:1' with resources.gpu 0.25: Ray exposes exactly one device"),
+    ("name: t\nbase: {amp: bf16}\nspace: {seed: {grid: [0, 1]}}\n", "base.amp: bf16 runs on CUDA only, but resources.gpu is 0"),
+    ("name: t\nspace: {amp: {grid: [null, bf16]}}\n", "space.amp: bf16 runs on CUDA only, but resources.gpu is 0"),
     ("name: t\nspace: {seed: {grid: [0, 1]}}\nfailure: {max_failures: -2}\n", "failure.max_failures: must be >= -1"),
     ("name: t\nspace: {seed: {grid: [0, 1]}}\ncheckpoint: {keep: 0}\n", "checkpoint.keep: must be >= 1"),
     ("name: t\nspace: {seed: {grid: [0, 1]}}\nevaluation: {columns: [natural, pgd7]}\n",

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from _s3 import s3  # noqa: F401  (fixture)
 from orchestrator import artifacts as art
 from orchestrator.tracking import (MLflowCallback, TrackingUnavailable, check_tracking_uri, failure_reason,
                                    make_client, metric_items, objectives_from_spec, search_all)
@@ -529,3 +530,32 @@ def test_a_full_queue_makes_reports_wait_and_loses_nothing(store, tiny_run):
         for key in ("val/natural", "train/loss", "iteration"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
         assert run.info.status == "FINISHED"
+
+
+def test_a_trial_on_s3_storage_gets_its_logged_model_export_and_device_tags(store, tiny_run, s3, tmp_path):
+    """With s3:// storage no LoggedModel was written (silently); the device a trial used was recorded nowhere."""
+    import pyarrow.fs as pafs
+
+    config, results, ckpt = tiny_run
+    fs, inner = pafs.FileSystem.from_uri("s3://l2lda/runs/sweep-s3/t0/checkpoint_000003")
+    pafs.copy_files(ckpt, inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    cb = MLflowCallback(store, "unit-s3", SPEC, SPEC_TEXT, "sweep-s3", flush_interval=0.0, retry_delays=())
+    cb.setup()
+    t = FakeTrial("s0001", config)
+    t.checkpoint = FakeCheckpoint(inner)
+    t.checkpoint.filesystem = fs  # what Ray's Checkpoint on S3 carries: a pyarrow S3FileSystem
+    device = {"device/name": "cuda:0", "device/cuda_visible_devices": "2", "device/memory_cap": "19.25 GiB of 80.00 GiB"}
+    replay(cb, t, [{**r, **device} for r in results])
+    cb.on_experiment_end(trials=[t])
+    _, _, children = runs_of(store, "unit-s3")
+    tags = children["s0001"].data.tags
+    assert tags["checkpoint_path"] == "s3://l2lda/runs/sweep-s3/t0/checkpoint_000003"
+    assert tags.get("model_id"), tags
+    assert (tags["device"], tags["cuda_visible_devices"], tags["memory_cap"]) == ("cuda:0", "2", "19.25 GiB of 80.00 GiB")
+    # `export` refused a remote checkpoint; it now fetches it through pyarrow
+    from orchestrator.export import export_command
+    from trainable.weights import load_export
+
+    summary = export_command("unit-s3", tmp_path / "best", tracking_uri=store, log=None)
+    assert summary["checkpoint"] == tags["checkpoint_path"]
+    assert load_export(tmp_path / "best")(torch.rand(2, 1, 28, 28)).shape == (2, 10)
