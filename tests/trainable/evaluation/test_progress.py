@@ -133,3 +133,28 @@ def test_eval_prints_threads_and_a_line_per_column(tiny, tmp_path):
     assert np.isfinite(res.metrics["matrix/worst"])
     bad = run_cli("eval", "--checkpoint", str(tmp_path / "lenet.pt"), "--threads", "-1", cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and "--threads" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_progress_moves_inside_one_batch_for_every_kind_of_column(tiny, monkeypatch):
+    # One batch holds every point, as the quickstart's 500-point batches do: the records must still
+    # move while the batch is attacked (driven by the classifier's forward passes), and the log
+    # hears a line at least every LOG_EVERY seconds, which the matrix keeps at 10 s or less.
+    from trainable.evaluation import matrix as mx
+
+    assert mx._Tracker.LOG_EVERY <= 10.0
+    monkeypatch.setattr(mx._Tracker, "SINK_EVERY", 0.0)
+    monkeypatch.setattr(mx._Tracker, "LOG_EVERY", 0.0)
+    cfg, data, model, x, y = tiny
+    records: list[Progress] = []
+    lines: list[str] = []
+    ctx = EvalContext(cfg=cfg, data=data, device=torch.device("cpu"), seed=0, log=lines.append,
+                      progress=records.append)
+    cols = ["pgd10", "apgd_ce", "fab_t", "square", "gap", "autoattack"]
+    robustness_matrix(model, x, y, columns=cols, eps=0.3, ctx=ctx, batch_size=100, masking=False)
+    for col in cols:
+        inside = [r for r in records if r.column.split("/")[-1].startswith(col if col != "autoattack" else "apgd")
+                  and r.unit == "examples" and r.done == 0 and r.work > 0]
+        assert inside, col
+    assert any("forward passes" in ln for ln in lines)
+    left = [r.left for r in records if r.left is not None and not r.finished]
+    assert left and all(v >= 0 for v in left)
