@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,12 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint file")
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (two lines) about a pickle protocol it did not write before it refuses the
+            # file; the refusal below is the one line (docs/reliability.md).
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\._weights_only_unpickler")
+            warnings.filterwarnings("ignore", message=r".*pickle protocol.*", category=UserWarning)
+            return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "disallowed object"
         raise CheckpointError(f"{p}: refused to load: the file carries pickled objects, not plain weights ({first})") from None
