@@ -201,7 +201,11 @@ def eval_command(checkpoint: str | None = None, export: str | None = None, profi
                                      device=device, seed=seed)
     res = _matrix(cfg, clf, gen, what, profile, device, log)
     if log:
+        from orchestrator import matrix_table
+
         log(format_table(res, f"robustness matrix of {what} ({profile} profile)"))
+        # the row a sweep's summary prints for a trial: every column, worst, masking flags fired
+        log(matrix_table.render([(str(export or checkpoint or "model"), res.metrics, False)], n=len(res.indices)))
     if out is not None:
         paths = art.render_matrix(res.to_dict(), Path(out), title=what)
         if log:
@@ -291,6 +295,9 @@ def compare_command(a: str, b: str, profile: str = "cpu", out: str | os.PathLike
         raise EvalError(f"--compare: {exc}") from None
     test = stats.mcnemar_exact(wa, wb)
     text = format_comparison(res_a, res_b, test)
+    from orchestrator import matrix_table
+
+    text += "\n" + matrix_table.render([("A", res_a.metrics, False), ("B", res_b.metrics, False)], n=test.n)
     if log:
         log(text)
     summary = {"a": what_a, "b": what_b, "profile": profile, "eps": ca.eps, "seed": ca.seed, "n": test.n,
