@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import click
 
+from orchestrator import robustbench
 from orchestrator.store import (ROLE_SWEEP, ROLE_TRIAL, TrackingUnavailable, check_tracking_uri, make_client,
                                 resolve_tracking_uri, search_all, sqlite_path)
 from trainable.weights.checkpoint import CheckpointError
@@ -154,7 +155,7 @@ def model_card(cfg: Any, run: Any, metric: str, mode: str, matrix: dict | None, 
 
 
 EXPORT_FILES = ("classifier.safetensors", "generator.safetensors", "config.json", "export.json",
-                "robustness_matrix.json", "model_card.md")
+                "robustness_matrix.json", "model_card.md", robustbench.ENTRY_FILE, robustbench.LOADER_FILE)
 
 
 def check_out_dir(out: str | os.PathLike, force: bool) -> Path:
@@ -247,8 +248,13 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
             if got and got.is_file():
                 shutil.copyfile(got, staging / "robustness_matrix.json")
                 matrix = json.loads(got.read_text())
-        (staging / "model_card.md").write_text(model_card(cfg, run, metric, mode, matrix, meta, experiment,
-                                                          gen is not None))
+        # the field's formats beside ours: a RobustBench entry, a loader, and the card's provenance
+        rb = robustbench.write(staging, cfg, matrix)
+        trial = {k: run.data.tags.get(k) for k in ("trial_name", "trial_id", "sweep_name")}
+        trial["run_id"] = run.info.run_id
+        (staging / "model_card.md").write_text(
+            model_card(cfg, run, metric, mode, matrix, meta, experiment, gen is not None)
+            + "\n" + robustbench.card_sections(cfg, matrix, rb, study=experiment, trial=trial))
         staging.chmod(0o755)
         _publish(staging, out_dir)
     finally:
