@@ -210,12 +210,19 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     Everything is checked before anything is written; the export is assembled in a fresh
     staging folder beside `out` and moved in whole, so a failure leaves no half-written export.
     Returns a summary dict (run_id, metric, value, out, files, registered version)."""
-    from trainable.weights.export_dir import load_checkpoint_modules, save_export
-
     if register is not None and not register.strip():
         raise ExportError("--register: empty model name")
     out_dir = check_out_dir(out, force)
     clock = Clock(log, "export")
+    clock.current = "reading the tracking store"
+    with clock.heartbeat():  # a line at least every 10 s, however slow the store or the storage
+        return _export(experiment, out_dir, metric, register, tracking_uri, mode, sweep, log, clock)
+
+
+def _export(experiment: str, out_dir: Path, metric: str | None, register: str | None, tracking_uri: str | None,
+            mode: str | None, sweep: str | None, log: Callable[[str], None] | None, clock: Clock) -> dict[str, Any]:
+    from trainable.weights.export_dir import load_checkpoint_modules, save_export
+
     client, uri = open_store(tracking_uri)
     exp = find_experiment(client, experiment, uri)
     if sweep is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,99}", sweep):

@@ -158,3 +158,25 @@ def test_progress_moves_inside_one_batch_for_every_kind_of_column(tiny, monkeypa
     assert any("forward passes" in ln for ln in lines)
     left = [r.left for r in records if r.left is not None and not r.finished]
     assert left and all(v >= 0 for v in left)
+
+
+def test_clock_heartbeat_speaks_during_a_silent_stage():
+    import time
+
+    out: list[str] = []
+    c = Clock(out.append, "export")
+    c.stage("loading its checkpoint")
+    with c.heartbeat(every=0.2):
+        time.sleep(0.9)  # a stage that prints nothing by itself
+    beats = [ln for ln in out if ln.startswith("export: still loading its checkpoint (")]
+    assert len(beats) >= 2, out
+    n = len(out)
+    time.sleep(0.4)  # the heartbeat stops with its block
+    assert len(out) == n
+    quiet: list[str] = []
+    q = Clock(quiet.append, "eval")
+    with q.heartbeat(every=0.3):
+        for _ in range(6):  # lines of its own keep the heartbeat quiet
+            q.say("eval: a column line")
+            time.sleep(0.1)
+    assert quiet == ["eval: a column line"] * 6
