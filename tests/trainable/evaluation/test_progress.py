@@ -110,6 +110,13 @@ def test_trial_posts_matrix_progress_to_the_board(tmp_path, monkeypatch, ray_ses
     assert lines == ["test matrix L2LDATrainable_abc_00000: 3/3 pgd10: 5/10 examples, 12 s elapsed, about 6 s left"]
     assert progress_lines({"abc": {**Progress("x", 1, 1, 0, 0, "", 0.0, 0.0).to_dict(), "finished": True}},
                           {"abc": "t"}) == []
+    # inside one batch the line shows the forward passes so far (an older record without them still reads)
+    inside = Progress("fab_t", 5, 7, 0, 485, "examples", 80.0, 200.0, work=120000).to_dict()
+    assert progress_lines({"abc": inside}, {"abc": "t"}) == [
+        "test matrix t: 5/7 fab_t: 0/485 examples (this batch: 120,000 forward passes), 1 min 20 s elapsed, "
+        "about 3 min 20 s left"]
+    old = {k: v for k, v in inside.items() if k != "work"}
+    assert progress_lines({"abc": old}, {"abc": "t"})[0].startswith("test matrix t: 5/7 fab_t: 0/485 examples, ")
 
 
 from _ray_fixtures import ray_session  # noqa: E402,F401  (fixture)
