@@ -89,17 +89,30 @@ def main() -> None:
 
     runs = {"ours alone": ours_alone, "ours with stage columns": ours_with_stages,
             "official AutoAttack": lambda: official(clf, x, y, eps, args.batch)}
+    # Work that load cannot change: examples through the classifier, with an input gradient (≈ 3 forward
+    # passes each: forward + backward) or forward only — counted by a hook, the same for both codes.
+    work = {"grad": 0, "fwd": 0}
+
+    def count(_m: torch.nn.Module, args: tuple) -> None:
+        x_in = args[0]
+        work["grad" if torch.is_grad_enabled() and x_in.requires_grad else "fwd"] += int(x_in.shape[0])
+
+    hook = clf.register_forward_pre_hook(count)
+    units: dict[str, float] = {}
     times: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     acc: dict[str, float | None] = {}
     for _ in range(args.repeats):
         for name, fn in runs.items():
+            work.update(grad=0, fwd=0)
             t, c = time.perf_counter(), time.process_time()
             acc[name] = fn()
             times[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
-            print(f"  {name}: {times[name][-1]:.1f} s wall, {cpu[name][-1]:.1f} s CPU, accuracy {acc[name]}; "
-                  f"load {load()}", flush=True)
+            units[name] = 3 * work["grad"] + work["fwd"]
+            print(f"  {name}: {times[name][-1]:.1f} s wall, {cpu[name][-1]:.1f} s CPU, accuracy {acc[name]}, "
+                  f"{work['grad']:,} gradient + {work['fwd']:,} forward-only examples; load {load()}", flush=True)
+    hook.remove()
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     same = np.array_equal(results["alone"].correct["autoattack"], results["stages"].correct["autoattack"])
@@ -109,12 +122,15 @@ def main() -> None:
         print("pyautoattack is not installed: the reference is the sum of our own stages on all points")
     print(f"\nmedians over {args.repeats} round(s); load at end {load()}")
     # One thread: the process's CPU time is its work; wall time also counts the waits a loaded machine adds.
-    print(f"{'run':<26} {'wall s':>8} {'CPU s':>8} {'accuracy':>9} {'wall / ref':>11} {'CPU / ref':>10}")
+    print(f"{'run':<26} {'wall s':>8} {'CPU s':>8} {'accuracy':>9} {'wall / ref':>11} {'CPU / ref':>10} "
+          f"{'work / ref':>11}")
     for name in runs:
         if acc[name] is None:
             continue
         print(f"{name:<26} {med[name]:>8.1f} {med_cpu[name]:>8.1f} {100 * acc[name]:>8.2f}% "
-              f"{med[name] / med[reference]:>11.3f} {med_cpu[name] / med_cpu[reference]:>10.3f}")
+              f"{med[name] / med[reference]:>11.3f} {med_cpu[name] / med_cpu[reference]:>10.3f} "
+              f"{units[name] / units[reference]:>11.3f}")
+    print("work = 3 × examples through the classifier with an input gradient + forward-only examples")
     print(f"stage by stage, points attacked alone: {attacked}")
     stages_t = results["stages"].timings
     print("stage columns on all points: " + ", ".join(f"{s} {stages_t.get(f'column/{s}', 0.0):.1f} s" for s in STAGES))
@@ -122,8 +138,8 @@ def main() -> None:
     gap = abs(acc["ours alone"] - acc[reference]) * 100
     ratio = med["ours alone"] / med[reference]
     ratio_cpu = med_cpu["ours alone"] / med_cpu[reference]
-    print(f"ours alone / {reference}: {ratio:.3f} wall, {ratio_cpu:.3f} CPU (target ≤ 0.7), accuracy gap "
-          f"{gap:.2f} points (≤ 1.5)")
+    print(f"ours alone / {reference}: {ratio:.3f} wall, {ratio_cpu:.3f} CPU, "
+          f"{units['ours alone'] / units[reference]:.3f} work (target ≤ 0.7), accuracy gap {gap:.2f} points (≤ 1.5)")
 
 
 if __name__ == "__main__":
