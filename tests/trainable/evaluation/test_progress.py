@@ -146,7 +146,7 @@ def test_progress_moves_inside_one_batch_for_every_kind_of_column(tiny, monkeypa
     # One batch holds every point, as the quickstart's 500-point batches do: the records must still
     # move while the batch is attacked (driven by the classifier's forward passes), and the log
     # hears a line at least every LOG_EVERY seconds, which the matrix keeps at 10 s or less.
-    from trainable.evaluation import matrix as mx
+    from trainable.evaluation import progress as mx
 
     assert mx._Tracker.LOG_EVERY <= 10.0
     monkeypatch.setattr(mx._Tracker, "SINK_EVERY", 0.0)
