@@ -111,6 +111,12 @@ def collect(client: Any, experiment: str | Sequence[str],
     comparisons (or None). Several experiments are reported as one (their rows pair when they
     ran on the same test points). `log` hears a progress line while the runs' matrices download."""
     clock = Clock(log, "report")
+    clock.current = "reading the finished trial runs"
+    with clock.heartbeat():  # a line at least every 10 s, however slow the store
+        return _collect(client, experiment, clock)
+
+
+def _collect(client: Any, experiment: str | Sequence[str], clock: Clock) -> list[dict[str, Any]]:
     names = [experiment] if isinstance(experiment, str) else list(dict.fromkeys(experiment))
     runs = [r for name in names for r in _runs(client, name)]
     clock.stage(f"{len(runs)} finished trial runs in {', '.join(quote(n) for n in names)}; downloading their matrices")
@@ -638,7 +644,9 @@ def report_command(experiment: str | Sequence[str], out: str, tracking_uri: str 
     client, uri = open_store(tracking_uri)
     recs = collect(client, experiment, log=print)
     clock = Clock(print, "report")
-    written = make_report(recs, out, " + ".join([experiment] if isinstance(experiment, str) else experiment))
+    clock.current = "building tables and figures"
+    with clock.heartbeat():
+        written = make_report(recs, out, " + ".join([experiment] if isinstance(experiment, str) else experiment))
     clock.stage("tables and figures written")
     for table, why in written["skipped"].items():
         print(f"report: {table} not built: {why}")

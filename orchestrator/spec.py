@@ -463,6 +463,9 @@ def _parse_param(name: str, entry: Any, base: dict[str, Any], base_keys: set[str
         raise SpecError(f"{path}: unknown config key (known: {', '.join(sorted(_DEFAULTS))})")
     free_base = {k: v for k, v in base.items() if k != name}
     default = base.get(name, _jsonable(_DEFAULTS[name]))
+    if entry is None:  # `lam:` or `lam: null` — most often a distribution left out, never meant as "vary nothing"
+        raise SpecError(f"{path}: is empty; give a value or one of {', '.join(DISTRIBUTIONS)} "
+                        f"(a value that is null in every trial belongs in base)")
     if not isinstance(entry, Mapping):
         if name in base_keys:
             raise SpecError(f"{path}: also set in base; a parameter is either fixed in base or varied in space")

@@ -787,7 +787,7 @@ def summarize(results: Any, study: Study, wall_s: float | None = None, tracking:
     tracking = tracking or {}
     names = tracking.get("run_names") or {}
     varied = [p.name for p in study.params.values() if p.kind != "fixed"]
-    metric_cols = list(dict.fromkeys([*study.metrics, "matrix/natural", "matrix/min", "matrix/worst"]))
+    metric_cols = list(dict.fromkeys(study.metrics))  # the matrix has its own table below
     show_names = bool(names)
     head = ["trial", *(["run"] if show_names else []), *varied, "status", "iter", *metric_cols, "checkpoint"]
     rows = [head]
@@ -814,6 +814,9 @@ def summarize(results: Any, study: Study, wall_s: float | None = None, tracking:
         lines.append("failed trials:")
         lines.extend(failures)
     pick = selection.best(cands, study.mode)
+    matrix = _matrix_summary(results, names, pick.trial_id if pick is not None else None)
+    if matrix:
+        lines.append(matrix)
     if pick is not None:
         named = f" = {names[pick.trial_id]}" if pick.trial_id in names else ""
         lines.append(f"best trial: {pick.trial_id}{named} ({study.metric} = {pick.value:.4f}, {study.mode}); "
@@ -823,6 +826,19 @@ def summarize(results: Any, study: Study, wall_s: float | None = None, tracking:
         lines.append(f"best trial: none reported {study.metric} with a checkpoint")
     lines.extend(next_steps(study, tracking))
     return "\n".join(lines)
+
+
+def _matrix_summary(results: Any, names: Mapping[str, str], best: str | None) -> str:
+    """One row per trial: every matrix column (short names), worst, masking flags; the best trial marked."""
+    from orchestrator import matrix_table
+
+    entries, n = [], None
+    for r in results:
+        m = r.metrics or {}
+        tid = str(m.get("trial_id") or getattr(r, "path", "?")).rsplit("/", 1)[-1]
+        entries.append((names.get(tid, tid), m, tid == best))
+        n = n or matrix_table.points_of(m)
+    return matrix_table.render(entries, n=n)
 
 
 def tracking_info(callbacks: list, tracking_uri: str, name: str) -> dict[str, Any]:

@@ -152,6 +152,8 @@ BAD_SPECS = [
     ("name: t\nspace: {lr: {grid: [0.1], choice: [0.2]}}\n", "space.lr: give exactly one of"),
     ("name: t\nspace: {lr: {normal: [0, 1]}}\n", "space.lr.normal: unknown key"),
     ("name: t\nspace: {wings: {grid: [1, 2]}}\n", "space.wings: unknown config key"),
+    ("name: t\nspace: {lam: null}\n", "space.lam: is empty; give a value or one of grid, choice"),
+    ("name: t\nspace:\n  lam:\n", "space.lam: is empty; give a value or one of grid, choice"),
     ("name: t\nbase: {seed: 1}\nspace: {seed: {grid: [1, 2]}}\n", "space.seed: also set in base"),
     ("name: t\nspace: {lam: {choice: [0.1, 1], when: {diversty: true}}}\nsearch: {type: random}\n",
      "space.lam.when.diversty: unknown config key"),

@@ -443,6 +443,10 @@ def test_one_tie_break_rule_in_summary_parent_run_and_export(store, tiny_run, tm
     assert parent["trials.finished"] == "3" and "val/natural" in parent["selection.rule"]
     assert parents[0].data.metrics["best/val/worst"] == pytest.approx(0.04)
     assert children["t_00001"].info.run_id in parent["mlflow.note.content"]
+    # the matrix of every trial, as the summary prints it, the best trial's row marked
+    note = parent["mlflow.note.content"]
+    assert "| worst | flags |" in note and "| best | **plain-lr0.02** |" in note
+    assert sum(ln.startswith("|  | plain-lr") for ln in note.splitlines()) == 2
 
     exp = find_experiment(client, "unit-tie", store)
     run, metric, mode = best_run(client, exp)
@@ -454,6 +458,11 @@ def test_one_tie_break_rule_in_summary_parent_run_and_export(store, tiny_run, tm
                                                                 "experiment_id": exp.experiment_id,
                                                                 "parent_run_id": parents[0].info.run_id})
     assert "best trial: t_00001 " in text
+    matrix = text.splitlines()[text.splitlines().index(next(ln for ln in text.splitlines()
+                                                             if ln.startswith("robustness matrix"))) + 1:]
+    assert matrix[0].split()[:2] == ["trial", "nat"] and "worst" in matrix[0].split()
+    assert sorted(ln.split()[0] for ln in matrix[2:5]) == ["*", "t_00000", "t_00002"]
+    assert next(ln for ln in matrix[2:5] if ln.startswith("*")).split()[1] == "t_00001"
     assert f"--sweep sweep-tie --out best/ --tracking-uri {store}" in text
     assert f"mlflow ui --backend-store-uri {store}" in text
     assert f"#/experiments/{exp.experiment_id}/runs/{parents[0].info.run_id}" in text

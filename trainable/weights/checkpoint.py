@@ -13,6 +13,7 @@ import os
 import pickle
 import socket
 import uuid
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,12 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint file")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (two lines) about a pickle protocol it did not write before it refuses the
+            # file; the refusal below is the one line (docs/reliability.md).
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\._weights_only_unpickler")
+            warnings.filterwarnings("ignore", message=r".*pickle protocol.*", category=UserWarning)
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "disallowed object"
         raise CheckpointError(f"{p}: refused to load: the file carries pickled objects, not plain weights ({first})") from None
