@@ -506,10 +506,10 @@ def _seconds(text: str) -> float:
 
 
 def test_dry_run_counts_each_trials_own_iterations(no_run, capsys, monkeypatch):
-    """A conditional budget (quickstart: L2L-DA 600 + 300, PGD10-AT 1200 + 300) is priced per trial."""
+    """A conditional budget (quickstart: L2L-DA 800 + 300, PGD10-AT 1200 + 300) is priced per trial."""
     monkeypatch.setattr(tr, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     out = _dry(no_run, capsys, ["--space", "quickstart"])
-    assert "900 to 1,500 iterations per trial, 2 trials = 2,400 iterations" in out, out
+    assert "1,100 to 1,500 iterations per trial, 2 trials = 2,600 iterations" in out, out
 
 
 def test_dry_run_prices_default_iterations_and_the_matrix(no_run, capsys, monkeypatch):
