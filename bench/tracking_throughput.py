@@ -72,6 +72,35 @@ def result(step: int, trial: Trial) -> dict:
     return r
 
 
+class Requests:
+    """Every REST call the client makes (a server store), by endpoint: where the time goes."""
+
+    def __init__(self) -> None:
+        from mlflow.store.tracking import rest_store
+        from mlflow.utils import rest_utils
+
+        self.calls: dict[str, list[float]] = {}
+        orig = rest_utils.call_endpoint
+
+        def timed(host_creds, endpoint, *a, **k):
+            t = time.perf_counter()
+            try:
+                return orig(host_creds, endpoint, *a, **k)
+            finally:
+                c = self.calls.setdefault(endpoint.rsplit("/", 1)[-1], [0, 0.0])
+                c[0] += 1
+                c[1] += time.perf_counter() - t
+
+        rest_utils.call_endpoint = rest_store.call_endpoint = timed
+
+    def take(self) -> dict[str, list[float]]:
+        out, self.calls = self.calls, {}
+        return out
+
+
+REQUESTS: Requests | None = None
+
+
 def sweep(uri: str, n: int, reports: int, tag: str) -> dict[str, float]:
     spec = {"name": "bench-tracking", "space": {"seed": {"kind": "grid", "values": list(range(n))}},
             "search": {"metric": "val/worst", "mode": "max"}}
@@ -85,6 +114,8 @@ def sweep(uri: str, n: int, reports: int, tag: str) -> dict[str, float]:
         cb.on_trial_result(iteration=1, trials=trials, trial=t, result=result(1, t))
     cb.sync()
     startup = time.perf_counter() - t_start
+    if REQUESTS is not None:
+        REQUESTS.take()
     t0 = time.perf_counter()
     handed = 0.0
     for step in range(2, reports + 1):
@@ -94,6 +125,7 @@ def sweep(uri: str, n: int, reports: int, tag: str) -> dict[str, float]:
             handed += time.perf_counter() - s
     cb.sync()  # the writer applied every result and wrote it (a barrier forces a write)
     wall = time.perf_counter() - t0
+    requests = REQUESTS.take() if REQUESTS is not None else {}
     t1 = time.perf_counter()
     for t in trials:
         t.status = "TERMINATED"
@@ -105,7 +137,7 @@ def sweep(uri: str, n: int, reports: int, tag: str) -> dict[str, float]:
     check(uri, f"sweep-{tag}", n, reports)
     total = n * (reports - 1)
     return {"startup": startup, "sustained": total / wall, "handoff": total / handed if handed else float("inf"), "wall": wall,
-            "end": end}
+            "end": end, "requests": requests}
 
 
 def check(uri: str, sweep_name: str, n: int, reports: int) -> None:
@@ -174,7 +206,9 @@ def main() -> None:
             uris["sqlite"] = f"sqlite:///{root / 'bench.db'}"
             make_client(uris["sqlite"]).search_experiments()  # MLflow's schema, created before timing
         if "server" in stores:
+            global REQUESTS
             server, uris["server"] = start_server(root)
+            REQUESTS = Requests()
         for store, uri in uris.items():
             sweep(uri, 2, 2, f"{store}-warmup")  # a fresh store/server pays its first requests here, untimed
             for n in counts:
@@ -192,6 +226,11 @@ def main() -> None:
     for store, n, f in rows:
         print(f"{store:8s} {n:6d} {f['startup']:10.1f} {n * (args.reports - 1):8d} {f['sustained']:12.1f} "
               f"{f['handoff']:11.1f} {f['wall']:7.1f} {f['end']:6.1f}")
+    for store, n, f in rows:
+        if f.get("requests"):
+            print(f"{store} {n} trials, requests while sustained ({f['wall']:.1f} s): " + "; ".join(
+                f"{k} {int(c)} × {1000 * t / c:.0f} ms" for k, (c, t) in sorted(f["requests"].items(),
+                                                                                 key=lambda kv: -kv[1][1])))
     server_rows = [f["sustained"] for s, _, f in rows if s == "server"]
     if server_rows:
         low = min(server_rows)

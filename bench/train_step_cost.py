@@ -97,6 +97,19 @@ def reference_batch(exp: Experiment):
     return batch
 
 
+def compile_budget(rows: int) -> None:
+    """Room for every compiled row of this process, and an error instead of a silent eager row.
+
+    Each row is an Experiment of its own whose two compiled kernels share their code objects
+    with the other rows' (other widths, memory formats, dtypes): dynamo recompiles for each and,
+    past its recompile limit (8), runs the rest eager without a word (docs/performance.md)."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 4 * rows + 8)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 16 * rows + 64)
+    dynamo_config.fail_on_recompile_limit_hit = True
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", default="16,64", help="generator widths, comma-separated")
@@ -124,12 +137,14 @@ def main() -> None:
         names = [n for n in names if "amp" not in n]
         if skipped:
             print(f"[bench] {', '.join(skipped)}: CUDA only, skipped on {device.type}")
+    compile_budget(len(names) * len(widths))
     peak = conv_throughput(device)
     pgd = Experiment(TrialConfig.from_dict(dict(base, defense="pgd10_at")), use_cache=False)
     print(f"[bench] device {device}, {args.threads} thread(s), load average {os.getloadavg()[0]:.2f}/"
           f"{os.getloadavg()[1]:.2f}/{os.getloadavg()[2]:.2f}; 3×3 conv throughput {peak / 1e9:.1f} GFLOP/s")
     table = []
     for width in widths:
+        torch._dynamo.reset()  # one width's graphs never count against the next's
         cfg = dict(base, defense="l2lda", gen_width=width)
         rows: dict[str, Experiment] = {}
         ref = Experiment(TrialConfig.from_dict(cfg), use_cache=False)

@@ -29,6 +29,7 @@ PROG = "l2lda-tune"
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from orchestrator.spec import SpecError
+    from orchestrator.cluster import NodeCheckError
     from orchestrator.tune_runner import PlacementError, ResumeError
     from trainable.weights.checkpoint import CheckpointError
     from trainable.config import ConfigError
@@ -36,7 +37,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [SpecError, ConfigError, CheckpointError, DatasetMissingError,
                                          FileNotFoundError, NotADirectoryError, IsADirectoryError, ResumeError,
-                                         PlacementError]
+                                         PlacementError, NodeCheckError]
     try:
         from orchestrator.tracking import TrackingUnavailable
 
@@ -86,7 +87,7 @@ def check_datasets(study: Any) -> None:
 
     for name, root, download in sorted(_datasets(study)):
         if download:
-            continue  # a download happens in the trial, where a network is reachable
+            continue  # fetched once per node, under a lock, after Ray starts and before any trial
         DATASETS[name].check_files(os.path.expanduser(root))  # bundled datasets (mnist5k) have nothing to check
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import click
 
 from trainable.weights.checkpoint import CheckpointError
-from trainable.text import quote
+from trainable.text import Clock, quote
 
 # Test points per profile; each column's budget under a profile is in its registry entry
 # (trainable.attacks.registry, `profiles`): see profile_overrides.
@@ -196,12 +196,21 @@ def eval_command(checkpoint: str | None = None, export: str | None = None, profi
     from orchestrator import artifacts as art
 
     use_threads(threads, log)
-    cfg, clf, gen, what = _configure(checkpoint, export, profile, tracking_uri=tracking_uri, dataset=dataset,
-                                     model=model, columns=columns, test_subset=test_subset, data_root=data_root,
-                                     device=device, seed=seed)
-    res = _matrix(cfg, clf, gen, what, profile, device, log)
+    clock = Clock(log, "eval")
+    clock.current = "loading the model and the data"
+    say = clock.say if log else None
+    with clock.heartbeat():  # a line at least every 10 s: loading, each column, the masking checks
+        cfg, clf, gen, what = _configure(checkpoint, export, profile, tracking_uri=tracking_uri, dataset=dataset,
+                                         model=model, columns=columns, test_subset=test_subset, data_root=data_root,
+                                         device=device, seed=seed)
+        clock.current = "running the robustness matrix"
+        res = _matrix(cfg, clf, gen, what, profile, device, say)
     if log:
+        from orchestrator import matrix_table
+
         log(format_table(res, f"robustness matrix of {what} ({profile} profile)"))
+        # the row a sweep's summary prints for a trial: every column, worst, masking flags fired
+        log(matrix_table.render([(str(export or checkpoint or "model"), res.metrics, False)], n=len(res.indices)))
     if out is not None:
         paths = art.render_matrix(res.to_dict(), Path(out), title=what)
         if log:
@@ -282,8 +291,13 @@ def compare_command(a: str, b: str, profile: str = "cpu", out: str | os.PathLike
             hint = "; pass --columns to evaluate both on the same ones" if field == "columns" else ""
             raise EvalError(f"--compare: A ({what_a}) has {field} {quote(va)}, B ({what_b}) has {quote(vb)}: "
                             f"not comparable on the same test points{hint}")
-    res_a = _matrix(ca, clf_a, gen_a, what_a, profile, device, log)
-    res_b = _matrix(cb, clf_b, gen_b, what_b, profile, device, log)
+    clock = Clock(log, "eval")
+    say = clock.say if log else None
+    with clock.heartbeat():
+        clock.current = "running A's robustness matrix"
+        res_a = _matrix(ca, clf_a, gen_a, what_a, profile, device, say)
+        clock.current = "running B's robustness matrix"
+        res_b = _matrix(cb, clf_b, gen_b, what_b, profile, device, say)
     try:
         wa, wb, _ = stats.align({"indices": res_a.indices, "correct": res_a.correct, "profile": res_a.profile},
                                 {"indices": res_b.indices, "correct": res_b.correct, "profile": res_b.profile})
@@ -291,6 +305,9 @@ def compare_command(a: str, b: str, profile: str = "cpu", out: str | os.PathLike
         raise EvalError(f"--compare: {exc}") from None
     test = stats.mcnemar_exact(wa, wb)
     text = format_comparison(res_a, res_b, test)
+    from orchestrator import matrix_table
+
+    text += "\n" + matrix_table.render([("A", res_a.metrics, False), ("B", res_b.metrics, False)], n=test.n)
     if log:
         log(text)
     summary = {"a": what_a, "b": what_b, "profile": profile, "eps": ca.eps, "seed": ca.seed, "n": test.n,

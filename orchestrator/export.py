@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import click
 
+from orchestrator import robustbench
 from orchestrator.store import (ROLE_SWEEP, ROLE_TRIAL, TrackingUnavailable, check_tracking_uri, make_client,
                                 resolve_tracking_uri, search_all, sqlite_path)
 from trainable.weights.checkpoint import CheckpointError
@@ -154,7 +155,7 @@ def model_card(cfg: Any, run: Any, metric: str, mode: str, matrix: dict | None, 
 
 
 EXPORT_FILES = ("classifier.safetensors", "generator.safetensors", "config.json", "export.json",
-                "robustness_matrix.json", "model_card.md")
+                "robustness_matrix.json", "model_card.md", robustbench.ENTRY_FILE, robustbench.LOADER_FILE)
 
 
 def check_out_dir(out: str | os.PathLike, force: bool) -> Path:
@@ -209,12 +210,19 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     Everything is checked before anything is written; the export is assembled in a fresh
     staging folder beside `out` and moved in whole, so a failure leaves no half-written export.
     Returns a summary dict (run_id, metric, value, out, files, registered version)."""
-    from trainable.weights.export_dir import load_checkpoint_modules, save_export
-
     if register is not None and not register.strip():
         raise ExportError("--register: empty model name")
     out_dir = check_out_dir(out, force)
     clock = Clock(log, "export")
+    clock.current = "reading the tracking store"
+    with clock.heartbeat():  # a line at least every 10 s, however slow the store or the storage
+        return _export(experiment, out_dir, metric, register, tracking_uri, mode, sweep, log, clock)
+
+
+def _export(experiment: str, out_dir: Path, metric: str | None, register: str | None, tracking_uri: str | None,
+            mode: str | None, sweep: str | None, log: Callable[[str], None] | None, clock: Clock) -> dict[str, Any]:
+    from trainable.weights.export_dir import load_checkpoint_modules, save_export
+
     client, uri = open_store(tracking_uri)
     exp = find_experiment(client, experiment, uri)
     if sweep is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,99}", sweep):
@@ -224,17 +232,21 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
     ckpt = run.data.tags.get("checkpoint_path")
     if not ckpt:
         raise CheckpointError(f"run {run.info.run_id}: no checkpoint_path tag (the trial saved no checkpoint)")
-    if "://" in ckpt:
-        raise CheckpointError(f"run {run.info.run_id}: checkpoint {ckpt} is on remote storage; copy it locally "
-                              f"and use `l2lda-tune eval --checkpoint` or fetch it first")
-    if not Path(ckpt).is_dir():
+    from orchestrator.cluster import is_remote, local_checkpoint
+
+    if not is_remote(ckpt) and not Path(ckpt).is_dir():
         raise CheckpointError(f"run {run.info.run_id}: checkpoint {ckpt} not found (storage moved or deleted?)")
-    cfg, clf, gen, meta = load_checkpoint_modules(ckpt)
+    try:
+        with local_checkpoint(ckpt) as where:  # remote storage (s3://…): fetched through pyarrow's filesystem
+            cfg, clf, gen, meta = load_checkpoint_modules(where)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"run {run.info.run_id}: {exc}") from None
     clock.stage("checkpoint loaded; writing the export")
     provenance = {"mlflow": {"tracking_uri": uri, "experiment": experiment, "run_id": run.info.run_id,
                              "trial_id": run.data.tags.get("trial_id"), "metric": metric, "mode": mode,
                              "value": run.data.metrics.get(metric)},
-                  "checkpoint": {"path": str(Path(ckpt).resolve()), "iteration": meta.get("iteration")}}
+                  "checkpoint": {"path": ckpt if is_remote(ckpt) else str(Path(ckpt).resolve()),
+                                 "iteration": meta.get("iteration")}}
     anc = out_dir.resolve().parent
     while not anc.exists():
         anc = anc.parent
@@ -247,8 +259,13 @@ def export_command(experiment: str, out: str | os.PathLike, metric: str | None =
             if got and got.is_file():
                 shutil.copyfile(got, staging / "robustness_matrix.json")
                 matrix = json.loads(got.read_text())
-        (staging / "model_card.md").write_text(model_card(cfg, run, metric, mode, matrix, meta, experiment,
-                                                          gen is not None))
+        # the field's formats beside ours: a RobustBench entry, a loader, and the card's provenance
+        rb = robustbench.write(staging, cfg, matrix)
+        trial = {k: run.data.tags.get(k) for k in ("trial_name", "trial_id", "sweep_name")}
+        trial["run_id"] = run.info.run_id
+        (staging / "model_card.md").write_text(
+            model_card(cfg, run, metric, mode, matrix, meta, experiment, gen is not None)
+            + "\n" + robustbench.card_sections(cfg, matrix, rb, study=experiment, trial=trial))
         staging.chmod(0o755)
         _publish(staging, out_dir)
     finally:

@@ -22,7 +22,8 @@ def progress_lines(records: dict[str, dict[str, Any]], names: dict[str, str]) ->
     for tid, rec in sorted(records.items(), key=lambda kv: names.get(kv[0], kv[0])):
         if tid not in names or rec.get("finished"):
             continue
-        p = Progress(**{k: rec[k] for k in ("column", "index", "count", "done", "total", "unit", "elapsed", "left")})
+        p = Progress(**{k: rec[k] for k in ("column", "index", "count", "done", "total", "unit", "elapsed", "left")},
+                     work=int(rec.get("work", 0) or 0))  # forward passes inside the current batch
         lines.append(f"test matrix {names[tid]}: {p.line().removeprefix('matrix ')}")
     return lines
 

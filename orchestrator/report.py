@@ -54,7 +54,8 @@ SURROGATE_LETTERS = tuple(SURROGATES)  # Table 3's columns: the transfer column'
 ABLATION_FLAGS = ("recursive", "diversity", "use_delta", "use_label", "grad_norm")
 ABLATION_SHORT = {"recursive": "R", "diversity": "D", "use_delta": "δ", "use_label": "y", "grad_norm": "g"}
 # Params that describe how a trial ran, not what was trained: never split rows.
-NON_IDENTITY = {"seed", "device", "threads", "gpu_fraction", "compile", "channels_last", "amp", "data_root", "download",
+NON_IDENTITY = {"seed", "device", "threads", "gpu_fraction", "compile", "channels_last", "amp", "deterministic",
+                "data_root", "download",
                 "cache_dir", "steps_per_report", "val_subset", "val_columns", "eval_columns", "test_subset",
                 "eval_batch_size", "eps_curve"}
 FLAG_TEXT = {
@@ -110,6 +111,12 @@ def collect(client: Any, experiment: str | Sequence[str],
     comparisons (or None). Several experiments are reported as one (their rows pair when they
     ran on the same test points). `log` hears a progress line while the runs' matrices download."""
     clock = Clock(log, "report")
+    clock.current = "reading the finished trial runs"
+    with clock.heartbeat():  # a line at least every 10 s, however slow the store
+        return _collect(client, experiment, clock)
+
+
+def _collect(client: Any, experiment: str | Sequence[str], clock: Clock) -> list[dict[str, Any]]:
     names = [experiment] if isinstance(experiment, str) else list(dict.fromkeys(experiment))
     runs = [r for name in names for r in _runs(client, name)]
     clock.stage(f"{len(runs)} finished trial runs in {', '.join(quote(n) for n in names)}; downloading their matrices")
@@ -127,7 +134,7 @@ def collect(client: Any, experiment: str | Sequence[str],
             profile = mj.get("profile", {}) or {}
             n = int(mj.get("n") or profile.get("n") or 0)
             recs.append({"run_id": r.info.run_id, "name": r.data.tags.get("trial_name", r.info.run_id),
-                         "params": dict(r.data.params), "metrics": metrics, "n": n, "eps": profile.get("eps"),
+                         "params": dict(r.data.params), "device": r.data.tags.get("device"), "metrics": metrics, "n": n, "eps": profile.get("eps"),
                          "masking": (mj.get("checks", {}) or {}).get("masking", {}),
                          "eps_curve": profile.get("eps_curve") or [],
                          "matrix": _matrix_vectors(client, r.info.run_id, Path(tmp))})
@@ -453,6 +460,23 @@ def pipeline_note(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
             "docs/method.md) — " + "; ".join(parts) + ".")
 
 
+def _nondeterministic(rec: Mapping[str, Any]) -> bool:
+    """Ran on CUDA (its run's `device` tag, else its config) without `deterministic: true`."""
+    device = str(rec.get("device") or rec["params"].get("device") or "")
+    return device.startswith("cuda") and str(rec["params"].get("deterministic", "False")).lower() != "true"
+
+
+def determinism_note(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """A mark under a table whose rows ran on CUDA without `deterministic: true` (docs/reliability.md,
+    devices): the same seed need not give the same matrix, and paired tests across seeds see that noise."""
+    loose = [row for row, members in rows.items() if any(_nondeterministic(m) for m in members)]
+    if not loose:
+        return ""
+    return ("⚠ Not deterministic: " + "; ".join(loose) + " ran on CUDA without `deterministic: true` (cuDNN "
+            "autotuning and TF32 allowed), so a rerun with the same seed can differ and paired tests across seeds "
+            "include that run-to-run noise.")
+
+
 def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: str = "") -> dict[str, Any]:
     """Write report.md, table{1,2,3}.parquet and the PNGs from trial records; returns what was written."""
     if not recs:
@@ -510,8 +534,8 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
             t1id[label] = {"defense": "l2l_star", **{k: r["params"].get(k) for k in star_other}}
         cells1 = build_table(recs, t1rows, table_keys("table1"))
         md += ["## Table 1 — ablation of L2L-DA", "", markdown_table(cells1, "flags"), ""]
-        note = pipeline_note(t1rows)
-        md += [note, ""] if note else []
+        for note in (pipeline_note(t1rows), determinism_note(t1rows)):
+            md += [note, ""] if note else []
         written["tables"]["table1"] = _write_parquet(cells1, out / "table1.parquet", "table1")
         # "R helps", "D helps": pairs named by the flags that differ, the flag-on row first.
         pairs, how = row_pairs(t1rows, t1id, {k: (t1id[k]["defense"] == "l2lda", sum(v is True for v in t1id[k].values()))
@@ -529,8 +553,8 @@ def make_report(recs: Sequence[Mapping[str, Any]], out: str | Path, experiment: 
            "with the paper's C&W column. `min` is the paper's lowest white-box column; `autoattack` is our "
            "standard cascade APGD-CE → APGD-T → FAB-T → Square: a point counts only if no stage fools it "
            "(each stage run as its own column, so the columns already in the matrix are reused).", ""]
-    note = pipeline_note(rows)
-    md += [note, ""] if note else []
+    for note in (pipeline_note(rows), determinism_note(rows)):
+        md += [note, ""] if note else []
     if cells2:
         written["tables"]["table2"] = _write_parquet(cells2, out / "table2.parquet", "table2")
     ident = {row: _identity(members[0], keys) for row, members in rows.items()}
@@ -620,7 +644,9 @@ def report_command(experiment: str | Sequence[str], out: str, tracking_uri: str 
     client, uri = open_store(tracking_uri)
     recs = collect(client, experiment, log=print)
     clock = Clock(print, "report")
-    written = make_report(recs, out, " + ".join([experiment] if isinstance(experiment, str) else experiment))
+    clock.current = "building tables and figures"
+    with clock.heartbeat():
+        written = make_report(recs, out, " + ".join([experiment] if isinstance(experiment, str) else experiment))
     clock.stage("tables and figures written")
     for table, why in written["skipped"].items():
         print(f"report: {table} not built: {why}")

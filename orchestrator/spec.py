@@ -121,7 +121,7 @@ class SchedulerSpec(_Section):
 
 
 class ResourcesSpec(_Section):
-    """Per-trial resources: CPUs (torch threads follow them) and GPUs (0, a fraction, whole cards)."""
+    """Per-trial resources: CPUs (torch threads follow them) and GPUs (0, a fraction, or 1: one device per trial)."""
 
     cpu: Annotated[FiniteFloat, Field(gt=0)] = 1.0
     gpu: float = 0.0
@@ -463,6 +463,9 @@ def _parse_param(name: str, entry: Any, base: dict[str, Any], base_keys: set[str
         raise SpecError(f"{path}: unknown config key (known: {', '.join(sorted(_DEFAULTS))})")
     free_base = {k: v for k, v in base.items() if k != name}
     default = base.get(name, _jsonable(_DEFAULTS[name]))
+    if entry is None:  # `lam:` or `lam: null` — most often a distribution left out, never meant as "vary nothing"
+        raise SpecError(f"{path}: is empty; give a value or one of {', '.join(DISTRIBUTIONS)} "
+                        f"(a value that is null in every trial belongs in base)")
     if not isinstance(entry, Mapping):
         if name in base_keys:
             raise SpecError(f"{path}: also set in base; a parameter is either fixed in base or varied in space")
@@ -584,11 +587,25 @@ def build_study(raw: Any, text: str = "", source: str | None = None) -> Study:
     if model.resources.gpu == 0 and cfg.device.startswith("cuda"):
         raise SpecError(f"base.device: {cfg.device!r} but resources.gpu is 0 (Ray gives the trial no GPU); "
                         f"set resources.gpu or device: auto")
+    # What a trial could never run (docs/reliability.md, devices): refused before any trial starts.
+    if model.resources.gpu > 1:
+        raise SpecError(f"resources.gpu: {model.resources.gpu:g} GPUs per trial, but a trial trains on one device; "
+                        f"give each trial at most 1 GPU (fractions pack several trials on a card)")
+    if model.resources.gpu > 0 and re.fullmatch(r"cuda:\d+", cfg.device) and cfg.device != "cuda:0":
+        raise SpecError(f"base.device: {cfg.device!r} with resources.gpu {model.resources.gpu:g}: Ray exposes exactly "
+                        f"one device to a trial, as cuda:0; set device: cuda or auto")
+    if cfg.amp is not None and model.resources.gpu == 0:
+        raise SpecError(f"base.amp: {cfg.amp} runs on CUDA only, but resources.gpu is 0 (the trial gets no GPU); "
+                        f"set resources.gpu or amp: null")
 
     params: dict[str, Param] = {}
     for name, entry in model.space.items():
         params[name] = _parse_param(str(name), entry, base, set(base))
     _check_conditions(params, base)
+    amp = params.get("amp")
+    if amp is not None and model.resources.gpu == 0 and any(v not in (None, False) for v in amp.values):
+        raise SpecError("space.amp: bf16 runs on CUDA only, but resources.gpu is 0 (the trial gets no GPU); "
+                        "set resources.gpu or drop amp from the space")
 
     study = Study(name=model.name, description=model.description, base=base, params=params, search=model.search,
                   scheduler=model.scheduler, resources=model.resources, failure=model.failure,

@@ -224,12 +224,15 @@ def _get(cfg: Any, key: str) -> Any:
 
 
 def base_trial_config(study: Study) -> dict[str, Any]:
-    """Base config plus fixed parameters: what every trial shares."""
+    """Base config plus fixed parameters: what every trial shares, its paths made absolute on
+    the driver (a worker node has another working directory, docs/architecture.md, cluster)."""
+    from orchestrator.cluster import driver_paths
+
     cfg = dict(study.base)
     for p in study.params.values():
         if p.kind == "fixed":
             cfg[p.name] = p.values[0]
-    return cfg
+    return driver_paths(cfg)
 
 
 def param_space(study: Study) -> dict[str, Any]:
@@ -443,10 +446,17 @@ def check_local_placement(study: Study) -> None:
 
 
 def wait_for_placement(study: Study, address: str, timeout: float, log: Callable[[str], None] = print) -> None:
-    """On an existing cluster, wait at most `timeout` seconds (an autoscaler may add nodes) for
-    a node that can hold one trial; then a one-line PlacementError."""
+    """On an existing cluster, wait at most `timeout` seconds for a node that can hold one trial;
+    then a one-line PlacementError. The trials' bundles are requested from the autoscaler first:
+    polling creates no demand, and an autoscaling cluster adds nodes only for one."""
     import ray
 
+    from orchestrator.cluster import request_bundles
+
+    try:
+        request_bundles(study)
+    except Exception as exc:  # a cluster without an autoscaler takes the request and ignores it; never fatal
+        log(f"autoscaler: resources not requested ({type(exc).__name__}: {exc})")
     deadline = time.monotonic() + timeout
     said = False
     while True:
@@ -690,6 +700,9 @@ def run_study(study: Study, *, name: str, storage: str, tracking_uri: str, addre
             board = progress_board(create=True)  # noqa: F841 - held so the named actor lives through the sweep
             if address:
                 wait_for_placement(study, address, placement_timeout, say)
+            from orchestrator.cluster import check_nodes
+
+            check_nodes(study, storage, address, say)  # datasets fetched/checked, storage seen: every node
             from ray import tune
 
             path = f"{storage.rstrip('/')}/{name}"
@@ -716,6 +729,10 @@ def run_study(study: Study, *, name: str, storage: str, tracking_uri: str, addre
             for cb in list(ACTIVE):  # on_experiment_end did it when Tune got that far; idempotent
                 cb.interrupted = cb.interrupted or stop_name(stop.signum)
                 cb._at_exit()
+        if address:
+            from orchestrator.cluster import release_bundles
+
+            release_bundles()
         if started:
             import ray
 
@@ -770,7 +787,7 @@ def summarize(results: Any, study: Study, wall_s: float | None = None, tracking:
     tracking = tracking or {}
     names = tracking.get("run_names") or {}
     varied = [p.name for p in study.params.values() if p.kind != "fixed"]
-    metric_cols = list(dict.fromkeys([*study.metrics, "matrix/natural", "matrix/min", "matrix/worst"]))
+    metric_cols = list(dict.fromkeys(study.metrics))  # the matrix has its own table below
     show_names = bool(names)
     head = ["trial", *(["run"] if show_names else []), *varied, "status", "iter", *metric_cols, "checkpoint"]
     rows = [head]
@@ -797,6 +814,9 @@ def summarize(results: Any, study: Study, wall_s: float | None = None, tracking:
         lines.append("failed trials:")
         lines.extend(failures)
     pick = selection.best(cands, study.mode)
+    matrix = _matrix_summary(results, names, pick.trial_id if pick is not None else None)
+    if matrix:
+        lines.append(matrix)
     if pick is not None:
         named = f" = {names[pick.trial_id]}" if pick.trial_id in names else ""
         lines.append(f"best trial: {pick.trial_id}{named} ({study.metric} = {pick.value:.4f}, {study.mode}); "
@@ -806,6 +826,19 @@ def summarize(results: Any, study: Study, wall_s: float | None = None, tracking:
         lines.append(f"best trial: none reported {study.metric} with a checkpoint")
     lines.extend(next_steps(study, tracking))
     return "\n".join(lines)
+
+
+def _matrix_summary(results: Any, names: Mapping[str, str], best: str | None) -> str:
+    """One row per trial: every matrix column (short names), worst, masking flags; the best trial marked."""
+    from orchestrator import matrix_table
+
+    entries, n = [], None
+    for r in results:
+        m = r.metrics or {}
+        tid = str(m.get("trial_id") or getattr(r, "path", "?")).rsplit("/", 1)[-1]
+        entries.append((names.get(tid, tid), m, tid == best))
+        n = n or matrix_table.points_of(m)
+    return matrix_table.render(entries, n=n)
 
 
 def tracking_info(callbacks: list, tracking_uri: str, name: str) -> dict[str, Any]:

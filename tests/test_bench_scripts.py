@@ -36,3 +36,17 @@ def test_every_bench_script_parses_its_options():
     assert len(SCRIPTS) >= 9, SCRIPTS
     r = subprocess.run([sys.executable, "-c", PROBE, *SCRIPTS], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ALL OK"), r.stdout + r.stderr[-2000:]
+
+
+def test_train_step_cost_leaves_room_for_every_compiled_row_and_never_runs_one_eager_silently(monkeypatch):
+    """Its compiled rows share code objects: past dynamo's recompile limit (8) the rest ran eager
+    without a word and the table compared eager with eager."""
+    import torch._dynamo.config as dynamo_config
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import train_step_cost
+
+    for key in ("recompile_limit", "accumulated_recompile_limit", "fail_on_recompile_limit_hit"):
+        monkeypatch.setattr(dynamo_config, key, getattr(dynamo_config, key))
+    train_step_cost.compile_budget(rows=5 * 2)  # five option rows at two widths
+    assert dynamo_config.recompile_limit >= 4 * 10 and dynamo_config.fail_on_recompile_limit_hit

@@ -134,6 +134,7 @@ class TrialConfig:
     compile: bool = False  # torch.compile the rollout's per-step kernels (eager fallback, one line, if unavailable)
     channels_last: bool = False  # generator and classifier stored NHWC (CPU and CUDA)
     amp: str | None = None  # "bf16": the generator under bf16 autocast, CUDA only; the classifier's loss stays fp32
+    deterministic: bool = False  # cuDNN deterministic, no autotuning, no TF32, torch's deterministic algorithms (docs/reliability.md)
     # --- reporting and evaluation ---
     steps_per_report: int = 100  # iterations per Tune step()
     val_subset: int = 200  # fixed validation points for val/ metrics

@@ -45,7 +45,11 @@ def duration(seconds: float) -> str:
 
 class Clock:
     """Progress lines for a command's stages: what is being done, time elapsed and, where the
-    stage counts items, an estimate of what is left (elapsed × remaining / done)."""
+    stage counts items, an estimate of what is left (elapsed × remaining / done). Inside
+    :meth:`heartbeat`, a stage that runs long without a line gets one every HEARTBEAT seconds
+    (docs/architecture.md, progress)."""
+
+    HEARTBEAT = 10.0
 
     def __init__(self, log, prefix: str, every: float = 5.0) -> None:
         import time
@@ -54,6 +58,44 @@ class Clock:
         self.log, self.prefix, self.every = log, prefix, every
         self.t0 = self._now()
         self._last = -1e9
+        self._spoke = self.t0
+        self.current = "starting"
+
+    def say(self, line: str) -> None:
+        """Log a line through this clock (any line counts as progress for the heartbeat)."""
+        self._spoke = self._now()
+        if self.log:
+            self.log(line)
+
+    def heartbeat(self, every: float | None = None):
+        """Context manager: while it is open, a line `prefix: still <stage> (… elapsed)` whenever
+        `every` seconds (HEARTBEAT) pass without one."""
+        import contextlib
+        import threading
+
+        period = self.HEARTBEAT if every is None else every
+
+        @contextlib.contextmanager
+        def beating():
+            if not self.log:
+                yield self
+                return
+            stop = threading.Event()
+
+            def run() -> None:
+                while not stop.wait(min(period, 1.0) / 2):
+                    if self._now() - self._spoke >= period:
+                        self.say(f"{self.prefix}: still {self.current} ({duration(self.elapsed)} elapsed)")
+
+            t = threading.Thread(target=run, name=f"{self.prefix}-heartbeat", daemon=True)
+            t.start()
+            try:
+                yield self
+            finally:
+                stop.set()
+                t.join()
+
+        return beating()
 
     def mark(self) -> float:
         """Now, on this clock: pass it as `since` to time a counted stage on its own."""
@@ -65,18 +107,19 @@ class Clock:
 
     def stage(self, what: str) -> None:
         """One line: `prefix: what (12 s elapsed)`."""
-        if self.log:
-            self.log(f"{self.prefix}: {what} ({duration(self.elapsed)} elapsed)")
+        self.current = what
+        self.say(f"{self.prefix}: {what} ({duration(self.elapsed)} elapsed)")
 
     def tick(self, what: str, done: int, total: int, since: float | None = None) -> None:
         """`prefix: what done/total (elapsed, about … left)`, at most once every `every` seconds
         (always for the last item). `since`: when this counted stage began (default: the start)."""
         now = self._now()
+        self.current = f"{what} ({done}/{total})"
         if not self.log or (done < total and now - self._last < self.every):
             return
         self._last = now
         start = self.t0 if since is None else since
         spent = now - start
         left = spent * (total - done) / done if done else None
-        self.log(f"{self.prefix}: {what} {done}/{total} ({duration(now - self.t0)} elapsed"
+        self.say(f"{self.prefix}: {what} {done}/{total} ({duration(now - self.t0)} elapsed"
                  + (f", about {duration(left)} left)" if left is not None and done < total else ")"))

@@ -31,12 +31,14 @@ from ray import tune
 
 from trainable.config import TrialConfig
 from trainable.experiment.loop import Experiment
+from trainable.experiment.resources import naming_oom
 
 logger = logging.getLogger("l2lda_tune.trial")
 
-# Config keys holding paths: Tune moves each trial into its own directory, so a relative
-# path is resolved against the directory the worker started in (the driver's for a local
-# Ray, the job's working dir under `ray job submit`), never against the trial directory.
+# Config keys holding paths: the driver makes them absolute before the sweep (a worker node
+# has its own working directory, docs/architecture.md, cluster). A relative path that still
+# reaches a trial (a bare tune.Tuner) is resolved against the directory the worker started in,
+# never against the trial directory Tune moves it into.
 _PATH_KEYS = ("data_root", "cache_dir")
 
 
@@ -111,8 +113,10 @@ class L2LDATrainable(tune.Trainable):
         # exactly the CPU share the scheduler gave this trial unless the config says otherwise.
         if cfg.threads == 0:
             changes["threads"] = max(1, int(math.floor(cpu))) if cpu >= 1 else 1
-        if cfg.gpu_fraction == 0 and 0 < gpu < 1:
-            changes["gpu_fraction"] = gpu  # a fractional trial caps its CUDA memory to its share
+        if cfg.gpu_fraction == 0 and gpu > 0:
+            # The trial's GPU share: a fraction caps its CUDA memory; any share refuses to train
+            # on the CPU when CUDA is unusable (docs/reliability.md, devices).
+            changes["gpu_fraction"] = gpu
         base_dir = os.environ.get("TUNE_ORIG_WORKING_DIR") or os.getcwd()
         for key in _PATH_KEYS:
             value = getattr(cfg, key)
@@ -134,8 +138,10 @@ class L2LDATrainable(tune.Trainable):
             self.experiment.matrix_progress = post
 
     def step(self) -> dict[str, Any]:
-        out = self.experiment.step()
+        with naming_oom(f"{self.trial_name} ({self.trial_id})", self.experiment.placement):
+            out = self.experiment.step()
         out.update(self._node)
+        out.update(self.experiment.placement.tags())  # device, CUDA_VISIBLE_DEVICES, memory cap: run tags
         out["node/threads"] = float(self.experiment.threads)
         return out
 

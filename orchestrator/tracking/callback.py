@@ -45,13 +45,19 @@ def _guarded(hook: Callable) -> Callable:
     return wrapper
 
 
+# Result keys a trial reports about its device (trainable.experiment.resources.Placement) → run tags.
+DEVICE_TAGS = {"device/name": "device", "device/cuda_visible_devices": "cuda_visible_devices",
+               "device/memory_cap": "memory_cap"}
+
+
 class _Seen:
     """What the controller side remembers of a trial: its run name, nodes and last step."""
 
-    __slots__ = ("name", "nodes", "last_step", "host", "ip")
+    __slots__ = ("name", "nodes", "last_step", "host", "ip", "device")
 
     def __init__(self, name: str) -> None:
         self.name, self.nodes, self.last_step, self.host, self.ip = name, [], 0, None, None
+        self.device: dict[str, str] = {}
 
 
 class MLflowCallback(Callback):
@@ -323,6 +329,12 @@ class MLflowCallback(Callback):
         if ip and seen.ip != str(ip):
             seen.ip = str(ip)
             tags["node_ip"] = tag(ip)
+        # What the trial actually ran on (docs/reliability.md, devices): tags, written when they change.
+        for key, name in DEVICE_TAGS.items():
+            value = result.get(key)
+            if isinstance(value, str) and seen.device.get(name) != value:
+                seen.device[name] = value
+                tags[name] = tag(value)
         node = ip or host
         if node and str(node) not in seen.nodes:
             seen.nodes.append(str(node))

@@ -277,7 +277,7 @@ class Writer:
             path = self._stage_dir(run.key, "curves") / art.CURVES_PNG
             self._side.render(run, "loss curves", lambda: [art.write_curves(history, path, title=run.run_name)])
         ckpt = tags.get("checkpoint_path")
-        if body["status"] == "FINISHED" and self.log_models and ckpt and "://" not in ckpt:
+        if body["status"] == "FINISHED" and self.log_models and ckpt:  # local or remote (fetched, orchestrator.cluster)
             run.model_checkpoint = ckpt
         run.terminate = body["status"]
 
@@ -310,7 +310,7 @@ class Writer:
                            "run_name": r.info.run_name, "run_id": r.info.run_id,
                            "status": r.data.tags.get("status", r.info.status)}
                     row.update(r.data.params)
-                    row.update({k: v for k, v in r.data.metrics.items() if k.startswith(("matrix/", "transfer/", "val/"))})
+                    row.update({k: v for k, v in r.data.metrics.items() if k.startswith(("matrix/", "transfer/", "val/", "check/"))})
                     rows[tid] = row
             except Exception as exc:
                 self._note_down(exc)
@@ -321,7 +321,7 @@ class Writer:
             if run.run_id:
                 row["run_id"] = run.run_id
             row.update({k: param_value(v) for k, v in run.config.items()})
-            row.update({k: v[0] for k, v in run.latest.items() if k.startswith(("matrix/", "transfer/", "val/"))})
+            row.update({k: v[0] for k, v in run.latest.items() if k.startswith(("matrix/", "transfer/", "val/", "check/"))})
         for tid, name, status in trials:  # trials Ray knows but that never reported in MLflow
             if tid not in rows:
                 rows[tid] = {"trial_id": tid, "trial_name": name, "status": status}
@@ -360,6 +360,7 @@ class Writer:
                         "parent_run_id": self.parent.run_id,
                         "run_names": {str(r["trial_id"]): str(r["run_name"]) for r in rows if r.get("run_name")}}
         if not self.objectives:
+            self._matrix_note(rows, None, [])
             return
         metric, mode = self.objectives[0]
         tags["selection.rule"] = selection.rule_text(metric, mode)
@@ -367,6 +368,7 @@ class Writer:
                                for r in rows if r.get("status") == "FINISHED"), mode)
         if pick is None:
             tags["best.trial_id"] = "none"
+            self._matrix_note(rows, None, [])
             return
         row = pick.item
         name = str(row.get("run_name") or row.get("trial_name") or pick.trial_id)
@@ -379,11 +381,23 @@ class Writer:
                  f"({pick.trial_id}), {metric} = {pick.value:.4f} ({mode}).", "",
                  "Trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) + ".", "",
                  f"Selection: {selection.rule_text(metric, mode)}."]
-        tags["mlflow.note.content"] = tag("\n".join(lines))
+        self._matrix_note(rows, pick.trial_id, lines)
         ts = int(time.time() * 1000)
         self.parent.metrics.append((clean_key(f"best/{metric}"), float(pick.value), ts, 0))
         self.outcome.update({"best_trial_id": pick.trial_id, "best_run_name": name, "best_run_id": row.get("run_id"),
                              "metric": metric, "mode": mode, "value": pick.value})
+
+    def _matrix_note(self, rows: list[dict[str, Any]], best: str | None, lines: list[str]) -> None:
+        """The parent run's description: the outcome `lines`, then the matrix of every trial as the
+        end-of-sweep summary prints it (orchestrator/matrix_table.py), in Markdown."""
+        from orchestrator import matrix_table
+
+        entries = [(str(r.get("run_name") or r.get("trial_name") or r["trial_id"]), r, r["trial_id"] == best)
+                   for r in sorted(rows, key=lambda r: str(r.get("trial_id")))]
+        table = matrix_table.render(entries, markdown=True)
+        text = "\n".join([*lines, *(["", table] if table else [])])
+        if text:
+            self.parent.tags["mlflow.note.content"] = tag(text)
 
     def _finish(self) -> None:
         self._side.close()  # rendered files join their runs' records; logged models are done
@@ -670,7 +684,10 @@ def log_classifier(client: Any, experiment_id: str, job: Mapping[str, Any]) -> s
 
     from trainable.export_io import DATASET_SHAPES, load_checkpoint_modules
 
-    cfg, clf, _gen, meta = load_checkpoint_modules(job["checkpoint"])
+    from orchestrator.cluster import local_checkpoint
+
+    with local_checkpoint(job["checkpoint"]) as where:  # s3://… and other remote storage: fetched through pyarrow
+        cfg, clf, _gen, meta = load_checkpoint_modules(where)
     params = {k: param_value(v) for k, v in job["params"].items()}
     model = client.create_logged_model(experiment_id, name="classifier", source_run_id=job["run_id"], params=params,
                                        tags={"trial_run_name": job["name"], "checkpoint_path": job["checkpoint"],

@@ -40,11 +40,15 @@ def _ray_bin() -> str:
     return str(exe) if exe.exists() else (shutil.which("ray") or "ray")
 
 
-def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+def _start(args: list[str], env: dict, log: Path, cwd: Path | None = None,
+           wrap: list[str] | None = None) -> subprocess.Popen:
     # --block keeps the node's processes under this one process group, so the test stops
     # exactly what it started (never `ray stop`, which would stop every Ray on the machine).
-    return subprocess.Popen([_ray_bin(), "start", "--block", *args], env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [_ray_bin(), "start", "--block", *args]
+    if wrap:  # e.g. a private mount namespace: `sh -c '<mount …> && exec "$@"' sh ray start …`
+        cmd = [*wrap, *cmd]
+    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=cwd)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -72,12 +76,15 @@ def _alive_nodes(address: str, env: dict) -> int:
 
 
 @contextlib.contextmanager
-def start_loopback_cluster(tmp: Path) -> Iterator[dict]:
-    """Head on 127.0.0.2 and a second node on 127.0.0.3, one CPU each; yields the address, the
-    job server's URL, the environment and the two `ray start --block` processes (`head`, `worker`)."""
+def start_loopback_cluster(tmp: Path, *, head_cpus: int = 1, worker_cwd: Path | None = None,
+                           worker_wrap: list[str] | None = None, **extra_env: str) -> Iterator[dict]:
+    """Head on 127.0.0.2 and a second node on 127.0.0.3, one CPU each (the head `head_cpus`); yields
+    the address, the job server's URL, the environment and the two `ray start --block` processes
+    (`head`, `worker`). The worker node may start in another working directory (`worker_cwd`) and
+    under a wrapper command (`worker_wrap`); `extra_env` goes to every node."""
     port, dash = free_port(HEAD_IP), free_port(HEAD_IP)
-    env = cli_env(RAY_AUTH_MODE="disabled")
-    head = _start(["--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
+    env = cli_env(RAY_AUTH_MODE="disabled", **extra_env)
+    head = _start(["--head", f"--node-ip-address={HEAD_IP}", f"--port={port}", f"--num-cpus={head_cpus}", "--num-gpus=0",
                    "--include-dashboard=true", f"--dashboard-host={HEAD_IP}", f"--dashboard-port={dash}",
                    "--disable-usage-stats"], env, tmp / "head.log")
     nodes = [head]
@@ -88,7 +95,7 @@ def start_loopback_cluster(tmp: Path) -> Iterator[dict]:
             assert head.poll() is None, (tmp / "head.log").read_text()[-3000:]
             time.sleep(2)
         worker = _start([f"--address={address}", f"--node-ip-address={NODE_IP}", "--num-cpus=1", "--num-gpus=0",
-                         "--disable-usage-stats"], env, tmp / "node.log")
+                         "--disable-usage-stats"], env, tmp / "node.log", cwd=worker_cwd, wrap=worker_wrap)
         nodes.append(worker)
         while time.time() < deadline and _alive_nodes(address, env) < 2:
             assert worker.poll() is None, (tmp / "node.log").read_text()[-3000:]

@@ -70,6 +70,18 @@ def test_export_then_load_reproduces_natural_accuracy(store, tiny_run, exported)
     assert accuracy(model, matrix["indices"]) == pytest.approx(matrix["metrics"]["matrix/natural"], abs=1e-9)
     card = (out / "model_card.md").read_text()
     assert summary["run_id"] in card and "not the paper's C&W" in card and "mnist5k" in card
+    # the study, the trial and the evaluation profile, and the RobustBench entry beside the weights
+    assert "`unit-export`" in card and "## Evaluation profile" in card and "100 test points" in card
+    assert children["a0001"].data.tags["trial_name"] in card
+    entry = json.loads((out / "robustbench_entry.json").read_text())
+    assert entry["clean_acc"] == f"{100 * results[-1]['matrix']['metrics']['matrix/natural']:.2f}"
+    assert "autoattack_acc" not in entry  # this trial's matrix ran natural and fgsm only
+    assert "the matrix did not run autoattack" in entry["footnote"]
+    assert json.loads(card.split("```json")[1].split("```")[0]) == entry
+    import runpy
+
+    loaded = runpy.run_path(str(out / "load_model.py"))["load_model"]()
+    assert accuracy(loaded, matrix["indices"]) == pytest.approx(matrix["metrics"]["matrix/natural"], abs=1e-9)
     info = json.loads((out / "export.json").read_text())
     assert info["mlflow"]["run_id"] == summary["run_id"] and info["checkpoint"]["iteration"] == 30
     # eval of the export reproduces the recorded matrix column by column on the same points.

@@ -213,6 +213,25 @@ def test_pipeline_footnote_only_when_rows_were_trained_differently():
     assert "pgd10_at: augment=False, clf_grad_clip=0.0" in note
 
 
+def test_tables_whose_rows_ran_on_cuda_without_deterministic_are_marked(tmp_path):
+    """`deterministic: true` is a param; a table whose rows ran on CUDA without it says so."""
+    cuda = [dict(_rec("l2lda", s, 15), device="cuda:0") for s in (0, 1)]
+    exact = [dict(_rec("pgd10_at", s, 10), device="cuda:0") for s in (0, 1)]
+    for r in exact:
+        r["params"] = {**r["params"], "deterministic": "True"}
+    cpu = [dict(_rec("plain", s, 5), device="cpu") for s in (0, 1)]
+    make_report(cuda + exact + cpu, tmp_path, "det")
+    md = (tmp_path / "report.md").read_text()
+    (line,) = [x for x in md.splitlines() if x.startswith("⚠ Not deterministic:")]
+    assert line.startswith("⚠ Not deterministic: l2lda ran on CUDA without `deterministic: true`"), line
+    make_report(exact + cpu, tmp_path / "exact", "det")
+    assert "Not deterministic" not in (tmp_path / "exact" / "report.md").read_text()
+    # an execution setting: it never splits rows
+    mixed = [dict(r, params={**r["params"], "deterministic": str(i % 2 == 0)}) for i, r in enumerate(cpu)]
+    make_report(mixed, tmp_path / "mixed", "det")
+    assert "| plain |" in (tmp_path / "mixed" / "report.md").read_text()
+
+
 def test_report_says_which_tables_it_could_not_build_and_draws_no_progress_bars(tmp_path):
     import subprocess
     import sys

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from _s3 import s3  # noqa: F401  (fixture)
 from orchestrator import artifacts as art
 from orchestrator.tracking import (MLflowCallback, TrackingUnavailable, check_tracking_uri, failure_reason,
                                    make_client, metric_items, objectives_from_spec, search_all)
@@ -442,6 +443,10 @@ def test_one_tie_break_rule_in_summary_parent_run_and_export(store, tiny_run, tm
     assert parent["trials.finished"] == "3" and "val/natural" in parent["selection.rule"]
     assert parents[0].data.metrics["best/val/worst"] == pytest.approx(0.04)
     assert children["t_00001"].info.run_id in parent["mlflow.note.content"]
+    # the matrix of every trial, as the summary prints it, the best trial's row marked
+    note = parent["mlflow.note.content"]
+    assert "| worst | flags |" in note and "| best | **plain-lr0.02** |" in note
+    assert sum(ln.startswith("|  | plain-lr") for ln in note.splitlines()) == 2
 
     exp = find_experiment(client, "unit-tie", store)
     run, metric, mode = best_run(client, exp)
@@ -453,6 +458,11 @@ def test_one_tie_break_rule_in_summary_parent_run_and_export(store, tiny_run, tm
                                                                 "experiment_id": exp.experiment_id,
                                                                 "parent_run_id": parents[0].info.run_id})
     assert "best trial: t_00001 " in text
+    matrix = text.splitlines()[text.splitlines().index(next(ln for ln in text.splitlines()
+                                                             if ln.startswith("robustness matrix"))) + 1:]
+    assert matrix[0].split()[:2] == ["trial", "nat"] and "worst" in matrix[0].split()
+    assert sorted(ln.split()[0] for ln in matrix[2:5]) == ["*", "t_00000", "t_00002"]
+    assert next(ln for ln in matrix[2:5] if ln.startswith("*")).split()[1] == "t_00001"
     assert f"--sweep sweep-tie --out best/ --tracking-uri {store}" in text
     assert f"mlflow ui --backend-store-uri {store}" in text
     assert f"#/experiments/{exp.experiment_id}/runs/{parents[0].info.run_id}" in text
@@ -529,3 +539,32 @@ def test_a_full_queue_makes_reports_wait_and_loses_nothing(store, tiny_run):
         for key in ("val/natural", "train/loss", "iteration"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
         assert run.info.status == "FINISHED"
+
+
+def test_a_trial_on_s3_storage_gets_its_logged_model_export_and_device_tags(store, tiny_run, s3, tmp_path):
+    """With s3:// storage no LoggedModel was written (silently); the device a trial used was recorded nowhere."""
+    import pyarrow.fs as pafs
+
+    config, results, ckpt = tiny_run
+    fs, inner = pafs.FileSystem.from_uri("s3://l2lda/runs/sweep-s3/t0/checkpoint_000003")
+    pafs.copy_files(ckpt, inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    cb = MLflowCallback(store, "unit-s3", SPEC, SPEC_TEXT, "sweep-s3", flush_interval=0.0, retry_delays=())
+    cb.setup()
+    t = FakeTrial("s0001", config)
+    t.checkpoint = FakeCheckpoint(inner)
+    t.checkpoint.filesystem = fs  # what Ray's Checkpoint on S3 carries: a pyarrow S3FileSystem
+    device = {"device/name": "cuda:0", "device/cuda_visible_devices": "2", "device/memory_cap": "19.25 GiB of 80.00 GiB"}
+    replay(cb, t, [{**r, **device} for r in results])
+    cb.on_experiment_end(trials=[t])
+    _, _, children = runs_of(store, "unit-s3")
+    tags = children["s0001"].data.tags
+    assert tags["checkpoint_path"] == "s3://l2lda/runs/sweep-s3/t0/checkpoint_000003"
+    assert tags.get("model_id"), tags
+    assert (tags["device"], tags["cuda_visible_devices"], tags["memory_cap"]) == ("cuda:0", "2", "19.25 GiB of 80.00 GiB")
+    # `export` refused a remote checkpoint; it now fetches it through pyarrow
+    from orchestrator.export import export_command
+    from trainable.weights import load_export
+
+    summary = export_command("unit-s3", tmp_path / "best", tracking_uri=store, log=None)
+    assert summary["checkpoint"] == tags["checkpoint_path"]
+    assert load_export(tmp_path / "best")(torch.rand(2, 1, 28, 28)).shape == (2, 10)

@@ -125,3 +125,23 @@ def test_resume_on_a_broken_sweep_state_is_one_line(ray_session, tmp_path, capsy
     one_line_exit_2(["--space", "s.yaml", "--resume", "--name", "sw"], capsys, "is not a usable sweep")
     assert ray_session.is_initialized()  # the session's Ray is left as it was
     assert not list(tmp_path.rglob("*.db")), "no tracking store may be created"
+
+
+def test_a_refused_pickle_file_prints_no_torch_warning(tmp_path):
+    # A plain pickle (protocol 4, not torch.save's) makes torch warn in two lines before it refuses the
+    # file; our loaders keep the refusal to our one line.
+    import pickle
+    import warnings
+
+    from trainable.weights.checkpoint import safe_torch_load
+
+    marker = tmp_path / "pwned"
+    p = tmp_path / "plain.pt"
+    p.write_bytes(pickle.dumps({"conv1.weight": Payload(str(marker))}, protocol=4))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="carries pickled objects") as ei:
+            safe_torch_load(p)
+    assert not marker.exists()
+    assert "\n" not in str(ei.value)
+    assert [str(w.message) for w in seen] == []

@@ -170,7 +170,6 @@ def test_lost_records_never_exit_0(no_run, capsys, monkeypatch):
 WAIT_CASES = [
     ({"resources": {"cpu": 64}}, [], "resources.cpu 64 per trial, but this machine has"),
     ({"resources": {"gpu": 0.3}}, [], "resources.gpu 0.3 per trial"),
-    ({"resources": {"gpu": 2}}, [], "resources.gpu 2 per trial"),
     ({"resources": {"cpu": 1.5, "gpu": 1}}, [], "resources.gpu 1 per trial"),
     ({}, ["--cpus-per-trial", "3"], "resources.cpu 3 per trial"),
     ({}, ["--gpus-per-trial", "0.5"], "resources.gpu 0.5 per trial"),

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from trainable.attacks.generative import prepare_l2lda
 from trainable.attacks.gradient import pgd, preserve_mode
-from trainable.weights.checkpoint import CheckpointError, load_module_state, load_state, save_state
+from trainable.weights.checkpoint import CheckpointError, load_module_state, load_state, private_tmp, save_state
 from trainable.config import TrialConfig
 from trainable.data.registry import DATASETS
 from trainable.models.classifiers import build_classifier
@@ -87,12 +87,14 @@ def surrogate_dir(scfg: TrialConfig) -> Path:
 
 
 def _load_surrogate(directory: Path, scfg: TrialConfig, in_channels: int, device: torch.device) -> nn.Module:
-    state, _config, meta = load_state(directory, map_location=device)
+    # Read onto the CPU, loaded, then moved whole: a surrogate cached on one device loads on any
+    # (docs/reliability.md, devices).
+    state, _config, meta = load_state(directory)
     if meta.get("key") != surrogate_key(scfg):
         raise CheckpointError(f"{directory}: surrogate cache key mismatch")
-    model = build_classifier(scfg.model, scfg.dataset, in_channels, scfg.input_norm).to(device)
+    model = build_classifier(scfg.model, scfg.dataset, in_channels, scfg.input_norm)
     load_module_state(model, state["classifier"], f"surrogate {scfg.defense}")
-    return model.eval()
+    return model.to(device).eval()
 
 
 def train_surrogate(cfg: TrialConfig, defense: str, *, device: torch.device | None = None,
@@ -111,8 +113,9 @@ def train_surrogate(cfg: TrialConfig, defense: str, *, device: torch.device | No
             model = _load_surrogate(d, scfg, in_ch, device or torch.device("cpu"))
             log(f"transfer: loaded surrogate {defense} from {d}")
             return model
-        except (CheckpointError, OSError, ValueError) as exc:  # a bad cache entry is retrained, never trusted
-            log(f"transfer: cache {d} unusable ({exc}); retraining")
+        except Exception as exc:  # a bad cache entry is discarded whole and retrained, never trusted
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            log(f"transfer: cache {d} unusable ({type(exc).__name__}: {first}); discarded, retraining")
             stale = True
     log(f"transfer: training surrogate {defense} ({scfg.warmup}+{scfg.iterations} iterations, seed {scfg.seed})")
     exp = Experiment(scfg, log=log)
@@ -125,7 +128,7 @@ def train_surrogate(cfg: TrialConfig, defense: str, *, device: torch.device | No
         model = model.to(device)
     if use_cache:
         # Write to a private directory, then rename: concurrent trials never see a half-written surrogate.
-        tmp = d.with_name(d.name + f".tmp{os.getpid()}")
+        tmp = private_tmp(d)
         save_state(tmp, {"classifier": exp.classifier.state_dict()}, scfg.to_dict(),
                    {"key": surrogate_key(scfg), "in_channels": exp.data.shape[0], "defense": defense,
                     "iteration": exp.iteration})

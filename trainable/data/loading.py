@@ -102,7 +102,10 @@ def load_dataset(name: str, root: str = "data", download: bool = False,
 
 def augment(x: Tensor, dataset: str, generator: torch.Generator | None = None) -> Tensor:
     """Random crop (the dataset's zero padding, 4 for ours) and, where the dataset flips (CIFAR-10),
-    horizontal flip — batched, on x's device (docs/method.md)."""
+    horizontal flip — batched, on x's device (docs/method.md).
+
+    Offsets and flips are drawn on x's device from `generator` (which must live there): no
+    host-to-device copy per batch (docs/performance.md, the GPU path)."""
     from trainable.data.registry import DATASETS
 
     entry = DATASETS[dataset]
@@ -110,41 +113,51 @@ def augment(x: Tensor, dataset: str, generator: torch.Generator | None = None) -
     n, c, h, w = x.shape
     dev = x.device
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device="cpu").to(dev)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device="cpu").to(dev)
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
     rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
     cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
     out = padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
     if flip:
-        mask = (torch.rand(n, generator=generator, device="cpu") < 0.5).to(dev)
+        mask = torch.rand(n, generator=generator, device=dev) < 0.5
         out = torch.where(mask[:, None, None, None], out.flip(3), out)
     return out
 
 
 class BatchSampler:
-    """Epoch-wise shuffled minibatch indices from a seeded CPU generator; checkpointable."""
+    """Epoch-wise shuffled minibatch indices from a seeded generator on `device`; checkpointable.
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    The permutation is drawn where the data lives, so a batch is gathered without a copy from
+    the host (docs/performance.md, the GPU path); its state is saved and restored on the CPU,
+    whatever the device (docs/reliability.md, devices)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device | str = "cpu") -> None:
         self.n, self.batch_size = n, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(n, generator=self.generator)
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.generator, device=self.device)
         self.pos = 0
 
     def next(self) -> Tensor:
         if self.pos + self.batch_size > self.n:
-            self.perm = torch.randperm(self.n, generator=self.generator)
+            self.perm = torch.randperm(self.n, generator=self.generator, device=self.device)
             self.pos = 0
         idx = self.perm[self.pos:self.pos + self.batch_size]
         self.pos += self.batch_size
         return idx
 
     def state_dict(self) -> dict:
-        return {"perm": self.perm.clone(), "pos": torch.tensor(self.pos), "rng": self.generator.get_state()}
+        return {"perm": self.perm.detach().to("cpu").clone(), "pos": torch.tensor(self.pos),
+                "rng": self.generator.get_state().to("cpu")}
 
     def load_state_dict(self, state: dict) -> None:
-        self.perm = state["perm"].clone()
+        perm = state["perm"]
+        if not isinstance(perm, Tensor) or perm.shape != (self.n,):
+            raise ValueError(f"sampler: a permutation of {self.n} indices expected")
+        rng = state["rng"].to("cpu")  # a generator's state is a CPU byte tensor on every device
+        self.generator.set_state(rng)
+        self.perm = perm.to(self.device, non_blocking=True).clone()
         self.pos = int(state["pos"])
-        self.generator.set_state(state["rng"])
 
 
 def fixed_subset(n_total: int, n: int, seed: int = SPLIT_SEED) -> np.ndarray:

@@ -8,9 +8,11 @@ write a few images in a source's on-disk format (what the dataset contract tests
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -43,13 +45,16 @@ class TorchvisionSource:
         self.dataset_class, self.folder = dataset_class, folder
 
     def datasets(self, entry: Any, root: str, download: bool) -> tuple[Any, Any]:
-        """torchvision's train and test sets; a missing or incomplete copy is a DatasetMissingError."""
+        """torchvision's train and test sets; a missing or incomplete copy is a DatasetMissingError.
+        With `download`, under the data root's lock: one process per node fetches, the others
+        wait and then find the files (docs/reliability.md, cluster)."""
         import torchvision.datasets as tvd
 
         cls = getattr(tvd, self.dataset_class)
         try:
-            train = cls(root, train=True, download=download)
-            test = cls(root, train=False, download=download)
+            with download_lock(root) if download else contextlib.nullcontext():
+                train = cls(root, train=True, download=download)
+                test = cls(root, train=False, download=download)
         except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
             where = Path(root).expanduser().resolve() / self.folder
             raise DatasetMissingError(
@@ -76,6 +81,46 @@ class TorchvisionSource:
         parts = stratified_split(y.numpy(), {"train": len(y) - n_val, "val": n_val})
         tr, va = torch.from_numpy(parts["train"]), torch.from_numpy(parts["val"])
         return x[tr], y[tr], x[va], y[va], sx, sy, parts["val"]
+
+
+LOCK_FILE = ".l2lda-download.lock"
+
+
+@contextlib.contextmanager
+def download_lock(root: str) -> Iterator[None]:
+    """An exclusive lock on `root` for fetching into it: concurrent downloads into one folder
+    corrupt it (torchvision writes and extracts in place). The lock dies with its process."""
+    import fcntl
+
+    folder = Path(root).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def prepare_dataset(name: str, root: str, download: bool) -> None:
+    """Make `name`'s files present under `root` on this node, before any trial: fetched once
+    under the root's lock with `download`, else checked (a DatasetMissingError naming the path
+    and the flag). Bundled datasets have nothing to do."""
+    from trainable.data.registry import DATASETS
+
+    entry = DATASETS[name]
+    if entry.check is None:
+        return
+    if not download:
+        entry.check_files(root)
+        return
+    with download_lock(root):
+        try:
+            entry.check_files(root)
+            return  # already here: no network needed
+        except DatasetMissingError:
+            pass
+    entry.read(root, True)  # takes the lock itself around the fetch
 
 
 MNIST = TorchvisionSource("MNIST", "MNIST")

@@ -22,7 +22,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from trainable.attacks.gradient import preserve_mode
-from trainable.attacks.registry import COLUMNS, column_of, column_steps
+from trainable.attacks.registry import COLUMNS, column_of
+from trainable.evaluation.progress import Progress, _Tracker, training_steps  # noqa: F401  (re-exported)
 
 def known_columns() -> list[str]:
     """Every registered matrix column (ours and plug-ins'), in the report's order."""
@@ -59,104 +60,6 @@ class EvalContext:
 
 
 AttackPrep = list[tuple[str, Callable[..., Tensor], dict]]
-
-def training_steps(col: str, cfg: Any) -> float:
-    """Example input-gradient steps spent training the column's attacker or surrogates (its registry
-    entry's ``training``; rough). Per attacked example: :func:`trainable.attacks.column_steps`."""
-    return COLUMNS[col].training_steps(cfg)
-
-
-@dataclass
-class Progress:
-    """Where a robustness matrix stands: the column being run, how far, time spent and left."""
-
-    column: str  # the (sub-)column being prepared or run
-    index: int  # 1-based position among the matrix's columns
-    count: int  # columns in the matrix (natural included)
-    done: int  # examples attacked, or training steps done
-    total: int
-    unit: str  # "examples" or "training steps"
-    elapsed: float  # seconds since the matrix started
-    left: float | None  # estimated seconds until the matrix is done (None: nothing to go by yet)
-    finished: bool = False
-
-    def line(self) -> str:
-        from trainable.text import duration
-
-        if self.finished:
-            return f"matrix done: {self.count} columns in {duration(self.elapsed)}"
-        text = (f"matrix {self.index}/{self.count} {self.column}: {self.done}/{self.total} {self.unit}, "
-                f"{duration(self.elapsed)} elapsed")
-        return text + (f", about {duration(self.left)} left" if self.left is not None else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("column", "index", "count", "done", "total", "unit", "elapsed", "left",
-                                              "finished")}
-
-
-class _Tracker:
-    """Progress of one matrix: planned cost per column (COLUMN_STEPS), calibrated by the time spent
-    so far, reported to ctx.progress (at most once a second between a stage's first and last
-    record) and as a log line every LOG_EVERY seconds of a long column."""
-
-    LOG_EVERY = 30.0
-    SINK_EVERY = 1.0
-
-    def __init__(self, ctx: EvalContext, columns: list[str], n_attacked: int, t0: float) -> None:
-        self.ctx, self.t0 = ctx, t0
-        self.columns = ["natural", *[c for c in columns if c != "natural"]]
-        cols = tuple(self.columns)
-        self.plan = {c: (training_steps(c, ctx.cfg), column_steps(c, ctx.cfg, cols) * n_attacked) for c in cols}
-        self.plan["natural"] = (0.0, column_steps("natural", ctx.cfg) * n_attacked)
-        self.total = sum(a + b for a, b in self.plan.values()) or 1.0
-        self.finished_units = self.plan["natural"][1]
-        self.col, self.index, self.col_units = "natural", 1, 0.0
-        self.last_sink = self.last_log = 0.0
-
-    def start(self, col: str) -> None:
-        self.col, self.index, self.col_units = col, self.columns.index(col) + 1, 0.0
-        self.last_log = time.perf_counter()
-
-    def _left(self, now: float) -> float | None:
-        done = self.finished_units + self.col_units
-        if done <= 0 or now - self.t0 <= 0:
-            return None
-        return max(0.0, (now - self.t0) * (self.total - done) / done)
-
-    def update(self, name: str, done: int, total: int, unit: str, *, boundary: bool = False) -> None:
-        train_u, attack_u = self.plan.get(self.col, (0.0, 0.0))
-        frac = done / total if total else 1.0
-        if unit == "examples":
-            self.col_units = train_u + attack_u * frac
-        else:
-            self.col_units = train_u * frac
-        now = time.perf_counter()
-        p = Progress(name, self.index, len(self.columns), int(done), int(total), unit, now - self.t0, self._left(now))
-        if self.ctx.progress is not None and (boundary or done >= total or now - self.last_sink >= self.SINK_EVERY):
-            self.last_sink = now
-            self.ctx.progress(p)
-        if not boundary and now - self.last_log >= self.LOG_EVERY:
-            self.last_log = now
-            self.ctx.log(p.line())
-
-    def finish_column(self) -> None:
-        self.finished_units += sum(self.plan.get(self.col, (0.0, 0.0)))
-        self.col_units = 0.0
-
-    def status(self) -> str:
-        """'; 3 min 5 s elapsed, about 2 min left' for the line that ends a column."""
-        from trainable.text import duration
-
-        now = time.perf_counter()
-        left = self._left(now)
-        return f"; {duration(now - self.t0)} elapsed" + (f", about {duration(left)} left" if left is not None else "")
-
-    def done(self) -> None:
-        if self.ctx.progress is not None:
-            now = time.perf_counter()
-            self.ctx.progress(Progress("", len(self.columns), len(self.columns), 0, 0, "", now - self.t0, 0.0,
-                                       finished=True))
-
 
 def prepare_column(name: str, model: nn.Module, ctx: EvalContext) -> AttackPrep:
     """[(metric name, attack_fn, budget)] of a registered column (sub-columns for prepared ones)."""
@@ -244,28 +147,59 @@ class _Run:
 
 def _run_attack(model: nn.Module, x: Tensor, y: Tensor, ok_idx: Tensor, name: str, fn: Callable[..., Tensor],
                 budget: dict, *, eps: float, seed: int, batch_size: int,
-                on_batch: Callable[[int, int], None] | None = None) -> _Run:
-    """Run one sub-column on the clean-correct points `ok_idx`, batch by batch, with its own seeded
-    generator: the outcome depends only on (model, points, name, seed, batch size), never on which
-    other columns ran before it (docs/method.md §Evaluation)."""
+                on_batch: Callable[[int, int], None] | None = None, seed_name: str | None = None,
+                on_work: Callable[[int, int, int], None] | None = None) -> _Run:
+    """Run one sub-column on the points `ok_idx` (the clean-correct ones, or a cascade's survivors),
+    batch by batch, with its own generator seeded from (seed, seed_name or name): the outcome depends
+    only on (model, points, name, seed, batch size), never on which other columns ran before it
+    (docs/method.md §Evaluation). on_work(done, total, forwards) hears, inside a batch, how many
+    examples have gone through the classifier so far (progress that moves within a long batch)."""
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(_column_seed(seed, name))
+    gen = torch.Generator().manual_seed(_column_seed(seed, seed_name or name))
     vec = torch.zeros(len(y), dtype=torch.bool, device=x.device)
     max_dev, out_of_range, nan = 0.0, False, False
-    with preserve_mode(model, False):
-        for i in range(0, len(ok_idx), batch_size):
-            idx = ok_idx[i:i + batch_size]
-            xb, yb = x[idx], y[idx]
-            x_adv = fn(model, xb, yb, eps=eps, generator=gen).detach()
-            with torch.no_grad():
-                vec[idx] = model(x_adv).argmax(1) == yb
-                max_dev = max(max_dev, float((x_adv - xb).abs().amax()) if len(idx) else 0.0)
-                out_of_range |= bool((x_adv < 0).any() or (x_adv > 1).any())
-                nan |= bool(torch.isnan(x_adv).any())
-            if on_batch is not None:
-                on_batch(min(i + batch_size, len(ok_idx)), len(ok_idx))
+    done = 0
+    forwards = [0]
+
+    def count(_module: nn.Module, args: tuple) -> None:
+        forwards[0] += int(args[0].shape[0]) if args and isinstance(args[0], Tensor) else 0
+        if on_work is not None:
+            on_work(done, len(ok_idx), forwards[0])
+
+    hook = model.register_forward_pre_hook(count) if on_work is not None else None
+    try:
+        with preserve_mode(model, False):
+            for i in range(0, len(ok_idx), batch_size):
+                idx = ok_idx[i:i + batch_size]
+                xb, yb = x[idx], y[idx]
+                x_adv = fn(model, xb, yb, eps=eps, generator=gen).detach()
+                with torch.no_grad():
+                    vec[idx] = model(x_adv).argmax(1) == yb
+                    max_dev = max(max_dev, float((x_adv - xb).abs().amax()) if len(idx) else 0.0)
+                    out_of_range |= bool((x_adv < 0).any() or (x_adv > 1).any())
+                    nan |= bool(torch.isnan(x_adv).any())
+                done = min(i + batch_size, len(ok_idx))
+                forwards[0] = 0
+                if on_batch is not None:
+                    on_batch(done, len(ok_idx))
+    finally:
+        if hook is not None:
+            hook.remove()
     check = {"max_linf": max_dev, "in_ball": max_dev <= eps + 1e-6, "in_range": not out_of_range, "finite": not nan}
     return _Run(vec.cpu().numpy(), budget, check, time.perf_counter() - t0)
+
+
+def _merge(a: _Run, b: _Run) -> _Run:
+    """One column from its runs on two disjoint sets of points (a cascade's survivors and the rest)."""
+    check = {"max_linf": max(a.check["max_linf"], b.check["max_linf"]),
+             **{k: a.check[k] and b.check[k] for k in ("in_ball", "in_range", "finite")}}
+    return _Run(a.correct | b.correct, a.budget, check, a.seconds + b.seconds)
+
+
+def _without(all_idx: Tensor, some: Tensor) -> Tensor:
+    keep = torch.ones(int(all_idx.max()) + 1 if len(all_idx) else 0, dtype=torch.bool, device=all_idx.device)
+    keep[some] = False
+    return all_idx[keep[all_idx]]
 
 
 def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[str, ...] | list[str],
@@ -276,10 +210,12 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
     gradient-masking flags of :mod:`trainable.evaluation.checks` are computed (``masking=False`` skips
     them and the ε-curve: cheap validation matrices).
 
-    Composite columns (``autoattack``: entries with ``stages``) are the worst case per example over their stage
-    columns; a stage that is also a column of this matrix runs once and serves both, so the
-    matrix does no attack twice and the composite's per-example result is the same with or
-    without those columns (docs/method.md §Evaluation)."""
+    Composite columns (``autoattack``: entries with ``stages``) are cascades: each stage runs only
+    on the points every earlier stage failed to break (the survivors), as AutoAttack does. A stage
+    that is also a column of this matrix runs once on every clean-correct point and serves both:
+    first on the survivors — exactly the run the cascade alone would make — then on the rest, so
+    the composite's per-example result is identical with or without its stage columns and no
+    attack runs twice (docs/method.md §Evaluation)."""
     t0 = time.perf_counter()
     n = len(y)
     correct: dict[str, np.ndarray] = {}
@@ -289,13 +225,24 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
     ok_idx = clean_ok.nonzero().squeeze(1)
     budgets: dict[str, Any] = {}
     checks: dict[str, Any] = {}
-    runs: dict[str, _Run] = {}  # every sub-column run so far, stages of composites included
+    runs: dict[str, _Run] = {}  # every sub-column run as a column (on all clean-correct points)
     done: dict[str, list[str]] = {}  # column → its sub-column names, once prepared and run
-    composites: dict[str, dict[str, list[str]]] = {}
-    tracker = _Tracker(ctx, list(columns), len(ok_idx), t0)
+    composites: dict[str, dict[str, Any]] = {}
+    tracker = _Tracker(ctx, list(columns), len(ok_idx), t0, batch_size)
+    requested = set(columns)
+    # A stage belongs to the first requested composite that lists it; the cascade state per composite.
+    cascade_of: dict[str, str] = {}
+    cascades: dict[str, dict[str, Any]] = {}
+    for col in columns:
+        stages = COLUMNS[col].stages if col in COLUMNS else ()
+        if stages:
+            cascades[col] = {"survivors": ok_idx, "next": 0, "stages": tuple(stages), "parts": [],
+                             "attacked": {}, "budgets": {}, "shared": [],
+                             "seconds": 0.0}
+            for s in stages:
+                cascade_of.setdefault(s, col)
 
-    def run_column(col: str) -> list[str]:
-        names = []
+    def prepare(col: str) -> list[tuple[str, Callable[..., Tensor], dict, float]]:
         label = col if col == tracker.col else f"{tracker.col}/{col}"
         pctx = replace(ctx, on_training=lambda d, t: tracker.update(f"{label} training", d, t, "training steps"))
         tp = time.perf_counter()
@@ -305,46 +252,99 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
         trains = col in COLUMNS and COLUMNS[col].training is not None
         if trains or prep >= 0.05:
             timings[f"prepare/{col}"] = prep
-        for name, fn, budget in prepared:
+        return [(nm, fn, b, prep if len(prepared) == 1 else 0.0) for nm, fn, b in prepared]
+
+    def attack(name: str, fn: Callable[..., Tensor], budget: dict, points: Tensor, shown: str,
+               seed_name: str | None = None) -> _Run:
+        tracker.update(shown, 0, len(points), "examples", boundary=True)
+        return _run_attack(model, x, y, points, name, fn, budget, eps=eps, seed=ctx.seed, batch_size=batch_size,
+                           seed_name=seed_name,
+                           on_batch=lambda d, t, nm=shown: tracker.update(nm, d, t, "examples"),
+                           on_work=lambda d, t, f, nm=shown: tracker.work(nm, d, t, f))
+
+    def run_column(col: str) -> list[str]:
+        names = []
+        for name, fn, budget, prep in prepare(col):
             shown = name if col == tracker.col else f"{tracker.col}/{name}"
-            tracker.update(shown, 0, len(ok_idx), "examples", boundary=True)
-            runs[name] = _run_attack(model, x, y, ok_idx, name, fn, budget, eps=eps, seed=ctx.seed,
-                                     batch_size=batch_size,
-                                     on_batch=lambda d, t, nm=shown: tracker.update(nm, d, t, "examples"))
-            if len(prepared) == 1:  # the column's time includes its attacker's training
-                runs[name].seconds += prep
+            runs[name] = attack(name, fn, budget, ok_idx, shown)
+            runs[name].seconds += prep  # the column's time includes its attacker's training
             ctx.log(f"matrix: {name} = {runs[name].correct.mean():.4f} ({runs[name].seconds:.1f}s"
                     f"{tracker.status()})")
             names.append(name)
         done[col] = names
         return names
 
+    def advance(comp: str, upto: str | None) -> None:
+        """Run `comp`'s cascade up to stage `upto` (all of it: None). A stage that is a requested
+        column runs on the survivors first, then on the other clean-correct points."""
+        st = cascades[comp]
+        while st["next"] < len(st["stages"]):
+            s = st["stages"][st["next"]]
+            st["next"] += 1
+            t1 = time.perf_counter()
+            survivors = st["survivors"]
+            as_column = s in requested and cascade_of.get(s) == comp and s not in done
+            if s in done:  # already a column of this matrix, run before the cascade (another composite's stage)
+                subs = [(nm, runs[nm]) for nm in done[s]]
+                st["shared"].append(s)
+            else:
+                subs, names = [], []
+                for name, fn, budget, prep in prepare(s):
+                    shown = name if s == tracker.col else f"{tracker.col}/{name}"
+                    part = attack(name, fn, budget, survivors, shown)
+                    part.seconds += prep
+                    subs.append((name, part))
+                    if as_column:  # complete the column on the points an earlier stage broke
+                        rest = attack(name, fn, budget, _without(ok_idx, survivors), f"{shown} (rest)",
+                                      seed_name=f"{name}/rest")
+                        runs[name] = _merge(part, rest)
+                        ctx.log(f"matrix: {name} = {runs[name].correct.mean():.4f} ({runs[name].seconds:.1f}s; "
+                                f"{len(survivors)} points as a stage of {comp}, {len(ok_idx) - len(survivors)} "
+                                f"after{tracker.status()})")
+                    names.append(name)
+                if as_column:
+                    done[s] = names
+                    st["shared"].append(s)
+            st["attacked"][s] = int(len(survivors))
+            st["budgets"][s] = subs[0][1].budget if len(subs) == 1 else {nm: r.budget for nm, r in subs}
+            st["parts"].extend(r for _, r in subs)
+            keep = torch.ones(len(survivors), dtype=torch.bool)
+            for _, r in subs:
+                keep &= torch.as_tensor(r.correct[survivors.cpu().numpy()])
+            st["survivors"] = survivors[keep.to(survivors.device)]
+            if not as_column:
+                st["seconds"] += time.perf_counter() - t1
+            ctx.log(f"matrix: {comp} after {s}: {len(st['survivors'])}/{n} robust "
+                    f"({len(survivors)} attacked)")
+            if s == upto:
+                return
+
     for col in columns:
         if col == "natural":
             continue
         t1 = time.perf_counter()
         tracker.start(col)
-        stages = COLUMNS[col].stages if col in COLUMNS else ()
-        if stages:
-            reused = [s for s in stages if s in done]
-            for s in stages:
-                if s not in done:
-                    ctx.log(f"matrix {tracker.index}/{len(tracker.columns)}: preparing {s} (stage of {col})")
-                    run_column(s)
-            parts = [runs[nm] for s in stages for nm in done[s]]
-            vec = np.logical_and.reduce([r.correct for r in parts])
+        if col in cascades:
+            st = cascades[col]
+            advance(col, None)
+            vec = np.zeros(n, dtype=bool)
+            vec[st["survivors"].cpu().numpy()] = True
+            parts, stages = st["parts"], list(st["stages"])
             correct[col] = vec
-            budgets[col] = {"cascade": list(stages), "per_example": "worst case over the stage columns",
-                            "stages": {s: runs[nm].budget for s in stages for nm in done[s]}}
-            checks[col] = {"max_linf": max(r.check["max_linf"] for r in parts),
+            budgets[col] = {"cascade": stages, "per_example": "each stage on the survivors of every earlier stage",
+                            "stages": dict(st["budgets"])}
+            checks[col] = {"max_linf": max((r.check["max_linf"] for r in parts), default=0.0),
                            **{k: all(r.check[k] for r in parts) for k in ("in_ball", "in_range", "finite")}}
-            composites[col] = {"stages": list(stages), "reused": reused}
-            timings[col] = time.perf_counter() - t1  # the stages this column had to run itself
+            composites[col] = {"stages": stages, "reused": list(st["shared"]), "attacked": dict(st["attacked"])}
+            timings[col] = st["seconds"]  # the stages only this column ran (on survivors)
             ctx.log(f"matrix: {col} = {vec.mean():.4f} ({timings[col]:.1f}s"
-                    + (f"; reused {', '.join(reused)})" if reused else ")"))
+                    + (f"; stage columns shared: {', '.join(st['shared'])})" if st["shared"] else ")"))
         else:
             if col in done:
-                ctx.log(f"matrix: {col} already ran as a stage")
+                ctx.log(f"matrix: {col} already ran")
+            elif col in cascade_of:
+                ctx.log(f"matrix {tracker.index}/{len(tracker.columns)}: {col} runs with {cascade_of[col]}'s cascade")
+                advance(cascade_of[col], col)
             else:
                 ctx.log(f"matrix {tracker.index}/{len(tracker.columns)}: preparing {col}")
                 run_column(col)

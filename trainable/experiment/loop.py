@@ -26,7 +26,7 @@ from trainable.data.loading import BatchSampler, augment, fixed_subset, load_dat
 from trainable.defenses.registry import DEFENSES, build_defense
 from trainable.evaluation.matrix import EvalContext, MatrixResult, robustness_matrix
 from trainable.experiment.health import FLAG as COLLAPSE_FLAG, CollapseCheck
-from trainable.experiment.resources import resolve_device, set_threads
+from trainable.experiment.resources import place, set_threads
 from trainable.experiment.warmup import WarmupCache
 from trainable.models.classifiers import build_classifier
 from trainable.fast import amp_dtype
@@ -49,8 +49,9 @@ class Experiment:
         self.log = log or (lambda msg: None)
         # Where the test matrix reports its progress (a Ray trial posts it to the driver's table).
         self.matrix_progress: Callable[[Any], None] | None = None
-        self.threads = set_threads(cfg.threads)
-        self.device = resolve_device(cfg)
+        self.threads = set_threads(cfg.threads, compile_workers=cfg.compile)
+        self.placement = place(cfg)  # one device, checked against the GPU share, memory capped (docs/reliability.md)
+        self.device = self.placement.device
         amp_dtype(cfg.amp, self.device)  # bf16 is CUDA only: a one-line ConfigError before any work
         self.data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, self.device)
         shape, ncls = self.data.shape, self.data.num_classes
@@ -60,15 +61,17 @@ class Experiment:
             self.classifier = self.classifier.to(memory_format=torch.channels_last)
         self.clf_opt = torch.optim.SGD(self.classifier.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                        weight_decay=cfg.weight_decay)
-        self.sampler = BatchSampler(len(self.data.train_y), cfg.batch_size, cfg.seed)
-        self.aug_rng = torch.Generator().manual_seed(cfg.seed + 1)
+        # Batch indices and augmentation are drawn on the trial's device: no host-to-device copy
+        # per iteration (docs/performance.md, the GPU path); their states are saved on the CPU.
+        self.sampler = BatchSampler(len(self.data.train_y), cfg.batch_size, cfg.seed, self.device)
+        self.aug_rng = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.iteration = 0
         self.val_idx = torch.as_tensor(fixed_subset(len(self.data.val_y), cfg.val_subset), device=self.device)
         self.test_idx = fixed_subset(len(self.data.test_y), cfg.test_subset)
         self.history: list[dict[str, float]] = []
         self.train_time = 0.0
         # Adversarial trials of a sweep share their clean warm-up through a cache on disk (docs/method.md).
-        self.warmup_cache = WarmupCache(cfg, log=self.log) if use_cache and DEFENSES[cfg.defense].adversarial else None
+        self.warmup_cache = WarmupCache(cfg, log=self.log, device=self.device) if use_cache and DEFENSES[cfg.defense].adversarial else None
         if self.warmup_cache is not None and cfg.warmup > 0:
             self.warmup_cache.load(self)
         # The defense (and its generator) is built from its own seed, so a cached warm-up
@@ -108,7 +111,7 @@ class Experiment:
             if self.done:
                 break
             it = self.iteration
-            idx = self.sampler.next().to(self.device)
+            idx = self.sampler.next()
             x, y = self.data.train_x[idx], self.data.train_y[idx]
             if cfg.augment:  # resolved: the source's choice for this defense unless forced
                 x = augment(x, cfg.dataset, self.aug_rng)
@@ -242,10 +245,11 @@ class Experiment:
         self.clf_opt.load_state_dict(state["clf_opt"])
         self.defense.load_state_dict(state["defense"])
         self.sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        self.aug_rng.set_state(state["rng"]["aug"].cpu())
+        # RNG states are CPU byte tensors on every device (docs/reliability.md, devices).
+        torch.set_rng_state(state["rng"]["torch"].to("cpu"))
+        self.aug_rng.set_state(state["rng"]["aug"].to("cpu"))
         if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+            torch.cuda.set_rng_state(state["rng"]["cuda"].to("cpu"), self.device)
         self.iteration = int(state["iteration"])
         self.train_time = float(state.get("train_time", 0.0))
         health = state.get("health") or {}  # checkpoints of earlier versions have none
@@ -259,7 +263,9 @@ class Experiment:
         save_state(directory, self.state_dict(), self.cfg.to_dict(), meta)
 
     def restore(self, directory: str | os.PathLike) -> None:
-        state, config, meta = load_state(directory, map_location=self.device)
+        # Onto the CPU whatever the trial's device: the modules and optimisers move their own
+        # tensors, the RNG states stay where torch needs them (docs/reliability.md, devices).
+        state, config, meta = load_state(directory)
         for key in ("dataset", "model", "defense"):
             if meta.get(key) != getattr(self.cfg, key):
                 raise CheckpointError(f"{directory}: checkpoint is for {key}={meta.get(key)!r}, "
@@ -274,10 +280,29 @@ class Experiment:
     def from_checkpoint(cls, directory: str | os.PathLike, log: Callable[[str], None] | None = None,
                         **overrides: Any) -> Experiment:
         _, config, _ = load_state(directory)  # validates the files before building anything
-        cfg = TrialConfig.from_stored({**config, **overrides})
+        cfg = TrialConfig.from_stored({**config_for_here(config, log), **overrides})
         exp = cls(cfg, log=log, use_cache=False)
         exp.restore(directory)
         return exp
+
+
+# Where and how the trial that wrote a checkpoint ran is not this process's business: its thread
+# count, GPU share and device were the worker's (docs/reliability.md, devices).
+_EXECUTION_DEFAULTS = {"threads": 0, "gpu_fraction": 0.0, "device": "auto"}
+
+
+def config_for_here(config: dict[str, Any], log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """A checkpoint's config for a process on this machine (figure2, benches): the writer's
+    execution settings dropped, and a path that does not exist here (another node's) replaced
+    by its default, relative to the working directory."""
+    out = {**config, **{k: v for k, v in _EXECUTION_DEFAULTS.items() if k in config}}
+    for key in ("data_root", "cache_dir"):
+        value = out.get(key)
+        if isinstance(value, str) and os.path.isabs(value) and not os.path.exists(value):
+            out[key] = getattr(TrialConfig, key)
+            if log:
+                log(f"checkpoint: {key} {value} does not exist here; using {out[key]}")
+    return out
 
 
 def run(cfg: TrialConfig, log: Callable[[str], None] | None = print) -> dict[str, Any]:

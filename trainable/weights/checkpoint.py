@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
+import uuid
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,12 @@ class CheckpointError(RuntimeError):
 CheckpointError.__module__ = "trainable.checkpoint"  # the path failure_reason tags name (trainable/_moved.py)
 
 
+def private_tmp(path: Path) -> Path:
+    """A temporary name beside `path` no other process uses, on this node or another sharing
+    the folder (a pid alone repeats across nodes and containers)."""
+    return path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
@@ -46,13 +55,22 @@ def save_state(directory: str | os.PathLike, state: dict, config: dict, meta: di
     atomic_write_text(d / META_FILE, json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True))
 
 
-def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """torch.load with weights_only=True, every failure mapped to a one-line CheckpointError."""
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """torch.load with weights_only=True onto the CPU, every failure mapped to a one-line CheckpointError.
+
+    Always the CPU, whatever device wrote the file or will use it: modules and optimisers move
+    what they load to their own device, and RNG states must stay on the CPU
+    (docs/reliability.md, devices)."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint file")
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (two lines) about a pickle protocol it did not write before it refuses the
+            # file; the refusal below is the one line (docs/reliability.md).
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\._weights_only_unpickler")
+            warnings.filterwarnings("ignore", message=r".*pickle protocol.*", category=UserWarning)
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "disallowed object"
         raise CheckpointError(f"{p}: refused to load: the file carries pickled objects, not plain weights ({first})") from None
@@ -74,8 +92,8 @@ def read_json(path: str | os.PathLike) -> dict:
     return data
 
 
-def load_state(directory: str | os.PathLike, map_location: Any = "cpu") -> tuple[dict, dict, dict]:
-    """(state, config, meta) of a checkpoint directory."""
+def load_state(directory: str | os.PathLike) -> tuple[dict, dict, dict]:
+    """(state, config, meta) of a checkpoint directory; every tensor on the CPU."""
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"{d}: not a checkpoint directory")
@@ -83,7 +101,7 @@ def load_state(directory: str | os.PathLike, map_location: Any = "cpu") -> tuple
     meta = read_json(d / META_FILE)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{d}: checkpoint format {meta.get('format')!r}, this version reads {FORMAT}")
-    state = safe_torch_load(d / STATE_FILE, map_location)
+    state = safe_torch_load(d / STATE_FILE)
     if not isinstance(state, dict):
         raise CheckpointError(f"{d / STATE_FILE}: expected a state dictionary")
     return state, config, meta

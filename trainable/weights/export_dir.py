@@ -64,14 +64,15 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path, meta: dict[str, st
     os.replace(tmp, path)
 
 
-def _load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors on the CPU (the module they load into moves them, docs/reliability.md, devices)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
     try:
-        return load_file(str(path), device=str(device))
+        return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({first})") from None
@@ -203,7 +204,7 @@ def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
     cfg = read_export_config(d)
     _verify(d, CLASSIFIER_FILE)
     model = build_for(cfg, device)
-    load_module_state(model, _load_tensors(d / CLASSIFIER_FILE, device), f"{d / CLASSIFIER_FILE}")
+    load_module_state(model, _load_tensors(d / CLASSIFIER_FILE), f"{d / CLASSIFIER_FILE}")
     return model.eval()
 
 
@@ -215,7 +216,7 @@ def load_export_generator(directory: str | os.PathLike, device: str | torch.devi
         raise CheckpointError(f"{d}: export has no {GENERATOR_FILE} (defense {quote(cfg.defense)} trains no generator)")
     _verify(d, GENERATOR_FILE)
     gen = build_generator_for(cfg, device)
-    load_module_state(gen, _load_tensors(d / GENERATOR_FILE, device), f"{d / GENERATOR_FILE}")
+    load_module_state(gen, _load_tensors(d / GENERATOR_FILE), f"{d / GENERATOR_FILE}")
     return gen.eval()
 
 
@@ -235,7 +236,7 @@ def load_checkpoint_modules(directory: str | os.PathLike, device: str | torch.de
     """(config, classifier, generator or None, meta) from one of our checkpoint directories,
     without loading any data; state.pt is read with weights_only=True."""
     d = Path(directory)
-    state, config, meta = load_state(d, map_location=device)
+    state, config, meta = load_state(d)
     cfg = _config(config, str(d / CONFIG_FILE))
     if "classifier" not in state:
         raise CheckpointError(f"{d / STATE_FILE}: no classifier weights in the checkpoint")
@@ -264,9 +265,9 @@ def load_state_dict_file(path: str | os.PathLike, dataset: str = "mnist5k", mode
     except ConfigError as exc:
         raise CheckpointError(f"{p}: {exc}") from None
     if p.suffix == ".safetensors":
-        state: Any = _load_tensors(p, device)
+        state: Any = _load_tensors(p)
     else:
-        state = safe_torch_load(p, map_location=device)
+        state = safe_torch_load(p)
     if isinstance(state, dict):
         for key in ("classifier", "state_dict", "model"):
             if isinstance(state.get(key), dict):

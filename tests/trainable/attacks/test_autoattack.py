@@ -215,7 +215,7 @@ class _CountingForwards(nn.Module):
         return self.inner(x)
 
 
-def test_autoattack_column_reuses_the_stage_columns_exactly(pgd_at):
+def test_autoattack_cascade_runs_on_survivors_and_is_identical_with_or_without_stage_columns(pgd_at):
     exp = pgd_at
     x, y = exp.data.test_x[:40], exp.data.test_y[:40]
     ctx = EvalContext(cfg=exp.cfg.replace(square_queries=60), data=exp.data, device=exp.device, seed=3)
@@ -229,20 +229,38 @@ def test_autoattack_column_reuses_the_stage_columns_exactly(pgd_at):
     alone, n_alone = matrix(["autoattack"])
     with_stages, n_with = matrix([*stages, "autoattack"])
     stages_only, n_stages = matrix(stages)
-    first, _ = matrix(["autoattack", "apgd_t"])  # the stage runs for autoattack, the column reuses it
-    # Same seeds: the same per-example correctness vector whether or not the stages are columns too.
-    assert np.array_equal(alone.correct["autoattack"], with_stages.correct["autoattack"])
-    assert np.array_equal(alone.correct["autoattack"], first.correct["autoattack"])
-    assert np.array_equal(first.correct["apgd_t"], stages_only.correct["apgd_t"])
-    # Worst case per example over the stages, as the stage columns computed them.
-    worst = np.logical_and.reduce([stages_only.correct[s] for s in stages])
+    first, _ = matrix(["autoattack", "apgd_t"])  # the stage column completes after the cascade
+    middle, _ = matrix(["fab_t", "autoattack"])  # a later stage first: the cascade runs up to it
+    # The same per-example correctness vector whether or not the stages are columns too, and
+    # whichever order the matrix lists them in.
+    for other in (with_stages, first, middle):
+        assert np.array_equal(alone.correct["autoattack"], other.correct["autoattack"])
+    # Worst case per example over the stages, as the stage columns of that matrix computed them.
+    worst = np.logical_and.reduce([with_stages.correct[s] for s in stages])
     assert np.array_equal(with_stages.correct["autoattack"], worst)
     assert with_stages.metrics["matrix/worst"] == float(worst.mean())
-    # The stages actually differ (a cascade that only repeated APGD-CE would not pass this) ...
+    # A stage column covers every clean-correct point (not only the survivors) ...
+    for res, s in ((with_stages, "apgd_t"), (first, "apgd_t"), (middle, "fab_t")):
+        assert not (res.correct[s] & ~res.correct["natural"]).any()
+        assert (res.correct[s] >= res.correct["autoattack"]).all()
+    # FAB-T fails on points APGD broke before it: the column attacked them too (a column run on the
+    # survivors only would count them as broken).
+    before_fab = with_stages.correct["apgd_ce"] & with_stages.correct["apgd_t"]
+    assert (with_stages.correct["fab_t"] & ~before_fab).any()
+    # ... with the budget it has alone.
+    assert with_stages.profile["budgets"]["apgd_t"] == stages_only.profile["budgets"]["apgd_t"]
+    # The stages actually differ (a cascade that only repeated APGD-CE would not pass this).
     assert with_stages.correct["autoattack"].sum() < with_stages.correct["apgd_ce"].sum()
-    # ... and next to its stage columns, autoattack costs no classifier forward at all.
-    assert n_with == n_stages
-    assert n_alone == n_stages
+    # Alone, each stage attacks only the survivors of the earlier ones: cheaper than its stages as columns.
+    attacked = alone.profile["composites"]["autoattack"]["attacked"]
+    assert list(attacked) == stages
+    assert attacked["apgd_ce"] == int(alone.correct["natural"].sum())
+    assert attacked["apgd_t"] == int((with_stages.correct["apgd_ce"]).sum())
+    assert attacked["square"] < attacked["apgd_ce"]
+    assert n_alone < n_stages
+    # Next to its stage columns, no attack runs twice: at most a clean and a scoring forward
+    # more per stage for the split into survivors and the rest.
+    assert n_stages <= n_with <= n_stages + 2 * len(x) * len(stages)
     assert with_stages.profile["composites"]["autoattack"]["reused"] == stages
     assert alone.profile["composites"]["autoattack"]["reused"] == []
     assert "apgd_ce" not in alone.correct  # stages that are not columns are not reported as columns

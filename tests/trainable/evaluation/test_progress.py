@@ -110,6 +110,13 @@ def test_trial_posts_matrix_progress_to_the_board(tmp_path, monkeypatch, ray_ses
     assert lines == ["test matrix L2LDATrainable_abc_00000: 3/3 pgd10: 5/10 examples, 12 s elapsed, about 6 s left"]
     assert progress_lines({"abc": {**Progress("x", 1, 1, 0, 0, "", 0.0, 0.0).to_dict(), "finished": True}},
                           {"abc": "t"}) == []
+    # inside one batch the line shows the forward passes so far (an older record without them still reads)
+    inside = Progress("fab_t", 5, 7, 0, 485, "examples", 80.0, 200.0, work=120000).to_dict()
+    assert progress_lines({"abc": inside}, {"abc": "t"}) == [
+        "test matrix t: 5/7 fab_t: 0/485 examples (this batch: 120,000 forward passes), 1 min 20 s elapsed, "
+        "about 3 min 20 s left"]
+    old = {k: v for k, v in inside.items() if k != "work"}
+    assert progress_lines({"abc": old}, {"abc": "t"})[0].startswith("test matrix t: 5/7 fab_t: 0/485 examples, ")
 
 
 from _ray_fixtures import ray_session  # noqa: E402,F401  (fixture)
@@ -133,3 +140,50 @@ def test_eval_prints_threads_and_a_line_per_column(tiny, tmp_path):
     assert np.isfinite(res.metrics["matrix/worst"])
     bad = run_cli("eval", "--checkpoint", str(tmp_path / "lenet.pt"), "--threads", "-1", cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and "--threads" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_progress_moves_inside_one_batch_for_every_kind_of_column(tiny, monkeypatch):
+    # One batch holds every point, as the quickstart's 500-point batches do: the records must still
+    # move while the batch is attacked (driven by the classifier's forward passes), and the log
+    # hears a line at least every LOG_EVERY seconds, which the matrix keeps at 10 s or less.
+    from trainable.evaluation import progress as mx
+
+    assert mx._Tracker.LOG_EVERY <= 10.0
+    monkeypatch.setattr(mx._Tracker, "SINK_EVERY", 0.0)
+    monkeypatch.setattr(mx._Tracker, "LOG_EVERY", 0.0)
+    cfg, data, model, x, y = tiny
+    records: list[Progress] = []
+    lines: list[str] = []
+    ctx = EvalContext(cfg=cfg, data=data, device=torch.device("cpu"), seed=0, log=lines.append,
+                      progress=records.append)
+    cols = ["pgd10", "apgd_ce", "fab_t", "square", "gap", "autoattack"]
+    robustness_matrix(model, x, y, columns=cols, eps=0.3, ctx=ctx, batch_size=100, masking=False)
+    for col in cols:
+        inside = [r for r in records if r.column.split("/")[-1].startswith(col if col != "autoattack" else "apgd")
+                  and r.unit == "examples" and r.done == 0 and r.work > 0]
+        assert inside, col
+    assert any("forward passes" in ln for ln in lines)
+    left = [r.left for r in records if r.left is not None and not r.finished]
+    assert left and all(v >= 0 for v in left)
+
+
+def test_clock_heartbeat_speaks_during_a_silent_stage():
+    import time
+
+    out: list[str] = []
+    c = Clock(out.append, "export")
+    c.stage("loading its checkpoint")
+    with c.heartbeat(every=0.2):
+        time.sleep(0.9)  # a stage that prints nothing by itself
+    beats = [ln for ln in out if ln.startswith("export: still loading its checkpoint (")]
+    assert len(beats) >= 2, out
+    n = len(out)
+    time.sleep(0.4)  # the heartbeat stops with its block
+    assert len(out) == n
+    quiet: list[str] = []
+    q = Clock(quiet.append, "eval")
+    with q.heartbeat(every=0.3):
+        for _ in range(6):  # lines of its own keep the heartbeat quiet
+            q.say("eval: a column line")
+            time.sleep(0.1)
+    assert quiet == ["eval: a column line"] * 6
