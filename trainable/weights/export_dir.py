@@ -110,6 +110,9 @@ def save_export(directory: str | os.PathLike, classifier_state: dict[str, torch.
     portable_paths), export.json (with hashes); every file with the normal file mode."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    if "input_norm" not in config:
+        # a config that does not say: the weights do (normalisation buffers, or raw pixels)
+        config = {**config, "input_norm": "dataset" if "normalize.mean" in classifier_state else "auto"}
     config, replaced = portable_paths(config)
     cfg = _config(config, str(d / CONFIG_FILE))
     meta = {"format": "l2lda-tune-export", "version": __version__, "dataset": cfg.dataset, "model": str(cfg.model)}
