@@ -243,10 +243,10 @@ def test_autoattack_cascade_runs_on_survivors_and_is_identical_with_or_without_s
     for res, s in ((with_stages, "apgd_t"), (first, "apgd_t"), (middle, "fab_t")):
         assert not (res.correct[s] & ~res.correct["natural"]).any()
         assert (res.correct[s] >= res.correct["autoattack"]).all()
-    # FAB-T fails on points APGD broke before it: the column attacked them too (a column run on the
-    # survivors only would count them as broken).
-    before_fab = with_stages.correct["apgd_ce"] & with_stages.correct["apgd_t"]
-    assert (with_stages.correct["fab_t"] & ~before_fab).any()
+    # Square, the weakest stage, fails on points the stages before it broke: the column attacked them
+    # too (a column run on the survivors only would count them as broken).
+    before_square = with_stages.correct["apgd_ce"] & with_stages.correct["apgd_t"] & with_stages.correct["fab_t"]
+    assert (with_stages.correct["square"] & ~before_square).any()
     # ... with the budget it has alone.
     assert with_stages.profile["budgets"]["apgd_t"] == stages_only.profile["budgets"]["apgd_t"]
     # The stages actually differ (a cascade that only repeated APGD-CE would not pass this).
@@ -258,9 +258,11 @@ def test_autoattack_cascade_runs_on_survivors_and_is_identical_with_or_without_s
     assert attacked["apgd_t"] == int((with_stages.correct["apgd_ce"]).sum())
     assert attacked["square"] < attacked["apgd_ce"]
     assert n_alone < n_stages
-    # Next to its stage columns, no attack runs twice: at most a clean and a scoring forward
-    # more per stage for the split into survivors and the rest.
-    assert n_stages <= n_with <= n_stages + 2 * len(x) * len(stages)
+    # Next to its stage columns, no attack runs twice: the same work as the stage columns alone, up to
+    # a clean and a scoring forward more per stage for the split into survivors and the rest, and the
+    # few-percent spread of early stopping under the split's other random starts (docs/method.md);
+    # an attack run twice would double it.
+    assert 0.95 * n_stages <= n_with <= 1.05 * n_stages + 2 * len(x) * len(stages)
     assert with_stages.profile["composites"]["autoattack"]["reused"] == stages
     assert alone.profile["composites"]["autoattack"]["reused"] == []
     assert "apgd_ce" not in alone.correct  # stages that are not columns are not reported as columns
