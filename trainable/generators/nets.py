@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _init_weights(module: nn.Module) -> None:
-    """The authors' init: DCGAN-style N(0, 0.02) for conv weights, xavier-uniform for the z-MLP's Linear weights.
+def authors_init(module: nn.Module) -> None:
+    """The authors' ``weights_init_normal``, applied to their generator and to a classifier trained
+    from scratch (docs/method.md): N(0, 0.02) conv weights, xavier-uniform Linear weights, zero biases.
 
-    With N(0, 0.02) on the Linear layers too, z moves the generator's output by under 2% of
+    With N(0, 0.02) on the generator's z-MLP Linear layers too, z moves the generator's output by under 2% of
     its magnitude at initialisation and L_div has almost nothing to act on (docs/method.md).
     """
     for m in module.modules():
@@ -92,7 +93,7 @@ class UNet(nn.Module):
         self.out = nn.Conv2d(2 * w, out_channels, 3, 1, 1, bias=False)
         norm = (lambda c: CondBatchNorm2d(c, num_classes)) if num_classes else PlainBatchNorm2d
         self.norm1, self.norm_up2, self.norm_up1 = norm(w), norm(w), norm(w)
-        _init_weights(self)
+        authors_init(self)
 
     def body(self, inp: Tensor, z: Tensor | None = None, y: Tensor | None = None) -> Tensor:
         if inp.shape[2] % 4 or inp.shape[3] % 4:

@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainable.generators.nets import authors_init  # the authors' one init for both networks (docs/method.md)
+
 # The statistics the authors' CIFAR-10 ResNet-20 normalises with (docs/method.md, "Classifiers").
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -34,20 +36,6 @@ def input_normalization(mean: tuple[float, ...] | None, std: tuple[float, ...] |
     if mean is None or std is None:
         return nn.Identity()
     return Normalize(mean, std)
-
-
-def authors_init(module: nn.Module) -> None:
-    """The L2L-DA authors' initialisation of a classifier trained from scratch (docs/method.md,
-    "Classifiers"): convolution weights N(0, 0.02), linear weights xavier-uniform, zero biases."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-        else:
-            continue
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 class LeNet5(nn.Module):
