@@ -182,12 +182,17 @@ def reference_run(batches: list[Tensor], data, clean: int, T: int, width: int, s
 
 
 # ----------------------------------------------------------------------------- the tool
-def tool_run(clean: int, adv: int, T: int, width: int, batch: int, seed: int, cache_dir: str, **extra):
+def _experiment(clean: int, adv: int, T: int, width: int, batch: int, seed: int, cache_dir: str, **extra):
     cfg = TrialConfig.from_dict({"dataset": "mnist5k", "defense": "l2lda", "warmup": clean, "iterations": adv,
                                  "batch_size": batch, "T": T, "gen_width": width, "augment": False,
                                  "lr_decay_at": None, "threads": 1, "steps_per_report": 100, "seed": seed,
                                  "test_subset": 500, "val_subset": 100, "cache_dir": cache_dir, **extra})
-    exp = Experiment(cfg, log=lambda msg: print(f"[tool] {msg}", flush=True), use_cache=False)
+    return Experiment(cfg, log=lambda msg: print(f"[tool] {msg}", flush=True), use_cache=False)
+
+
+def tool_run(clean: int, adv: int, T: int, width: int, batch: int, seed: int, cache_dir: str, **extra):
+    exp = _experiment(clean, adv, T, width, batch, seed, cache_dir, **extra)
+    cfg = exp.cfg
     batches: list[Tensor] = []
     draw = exp.sampler.next
 
@@ -213,6 +218,12 @@ def tool_run(clean: int, adv: int, T: int, width: int, batch: int, seed: int, ca
         _progress("tool", exp.iteration, cfg.total_iterations, t0)
     flags = {"collapse": exp.health.fired_at}
     return exp, batches, escape, time.perf_counter() - t0, flags
+
+
+def tool_batches(clean: int, adv: int, T: int, width: int, batch: int, seed: int, cache_dir: str, **extra):
+    """The batches :func:`tool_run` would draw, from the tool's own sampler, without training anything."""
+    exp = _experiment(clean, adv, T, width, batch, seed, cache_dir, **extra)
+    return exp, [exp.sampler.next().detach().cpu().clone() for _ in range(exp.cfg.total_iterations)]
 
 
 def _escape(escape, window, adv_it: int):
@@ -251,9 +262,13 @@ def main() -> None:
     torch.set_num_threads(1)
     rows: list[dict] = []
     for seed in args.seeds:
-        exp, batches, esc, t, flags = tool_run(args.clean, args.adv, args.T, args.width, args.batch, seed,
-                                               args.cache_dir, gen_objective=args.gen_objective,
-                                               input_norm=args.input_norm)
+        extra = dict(gen_objective=args.gen_objective, input_norm=args.input_norm)
+        if args.only == "reference":  # the tool's batches without training the tool (its sampler is its own RNG)
+            exp, batches = tool_batches(args.clean, args.adv, args.T, args.width, args.batch, seed, args.cache_dir,
+                                        **extra)
+        else:
+            exp, batches, esc, t, flags = tool_run(args.clean, args.adv, args.T, args.width, args.batch, seed,
+                                                   args.cache_dir, **extra)
         if args.only != "reference":
             rows.append({"run": "tool", "seed": seed, "escape": esc, "s": t, **flags, **evaluate(exp.classifier, exp)})
             print(rows[-1], flush=True)
