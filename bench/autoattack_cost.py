@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import set_threads, trained_experiment  # noqa: E402
-from trainable.evaluation import EvalContext, robustness_matrix  # noqa: E402
+from trainable.attacks.primitives import EvalContext  # noqa: E402
+from trainable.evaluation import robustness_matrix  # noqa: E402
 
 STAGES = ("apgd_ce", "apgd_t", "fab_t", "square")
 

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from trainable.config import TrialConfig
 from trainable.data import load_dataset
-from trainable.evaluation import EvalContext, robustness_matrix
+from trainable.attacks.primitives import EvalContext
+from trainable.evaluation import robustness_matrix
 from trainable.models import build_classifier
 from trainable.experiment.loop import Experiment
 

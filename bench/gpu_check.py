@@ -122,7 +122,8 @@ def stage_ray(ctx: dict) -> list[str]:
         import torch
 
         from trainable.config import TrialConfig
-        from trainable.experiment.resources import DeviceError, place
+        from trainable.errors import DeviceError
+        from trainable.training.resources import place
 
         out: dict[str, Any] = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"),
                                "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainable.config import TrialConfig
-from trainable.evaluation import EvalContext, robustness_matrix
+from trainable.attacks.primitives import EvalContext
+from trainable.evaluation import robustness_matrix
 from trainable.experiment.loop import Experiment
 
 EPS, STEP_FRAC, LAM, Z_DIM = 0.3, 0.25, 0.02, 8

@@ -42,7 +42,7 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 from orchestrator.store import make_client  # noqa: E402
 from orchestrator.tracking import MLflowCallback  # noqa: E402
 
-# The keys one L2L-DA report carries (trainable.runner), besides Ray's own bookkeeping.
+# The keys one L2L-DA report carries (trainable.training.trainer), besides Ray's own bookkeeping.
 METRICS = ["train/loss", "train/acc_clean", "train/acc_adv", "train/lr", "train/adv_spread", "train/gen_loss",
            "train/div_loss", "train/gen_grad_norm", "train/clf_grad_norm", "val/natural", "val/pgd10", "val/worst",
            "time/iter_s", "time/samples_per_s", "time/train_total_s", "time/val_s", "node/threads", "iteration",

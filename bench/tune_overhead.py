@@ -45,7 +45,7 @@ from trainable.experiment.loop import Experiment  # noqa: E402
 
 
 def plain(cfg: dict) -> dict[str, list[float] | float]:
-    """The plain runner's loop (what trainable.runner.run does), timed per report."""
+    """The plain runner's loop (what trainable.experiment.run does), timed per report."""
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     exp = Experiment(TrialConfig.from_dict({**cfg, "threads": 1}))

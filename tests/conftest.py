@@ -37,7 +37,7 @@ def trained(cache_dir):
     Default: LeNet-5 on mnist5k, batch 100, 100 clean warm-up iterations then `iterations`
     iterations of the defense, small fixed test subset.
     """
-    from trainable.experiment.loop import Experiment
+    from trainable.experiment import Experiment
 
     cache: dict = {}
 

@@ -20,6 +20,7 @@ from fractions import Fraction
 from typing import Any, Mapping
 
 from trainable.text import quote
+from trainable.errors import ConfigError
 
 AUGMENT_CHOICES = ("auto", True, False)
 AMP_CHOICES = ("bf16",)
@@ -48,29 +49,6 @@ def _dataset(name: str) -> Any:
     from trainable.data.registry import DATASETS
 
     return DATASETS[name]
-
-
-def __getattr__(name: str) -> Any:
-    # Views of earlier versions, derived from the registries (datasets, classifiers, defenses).
-    from trainable.data.registry import DATASETS
-    from trainable.defenses.registry import DEFENSES
-    from trainable.models.registry import CLASSIFIERS
-
-    views = {
-        "DATASETS": lambda: tuple(DATASETS),
-        "MODELS": lambda: tuple(CLASSIFIERS),
-        "DEFENSES": lambda: tuple(DEFENSES),
-        "GENERATOR_DEFENSES": lambda: tuple(n for n, e in DEFENSES.items() if e.generator is not None),
-        "DATASET_DEFAULTS": lambda: {n: {"eps": e.eps, "lam": e.lam, "model": e.model} for n, e in DATASETS.items()},
-        "DEFENSE_CLF_GRAD_CLIP": lambda: {n: e.clf_grad_clip for n, e in DEFENSES.items()},
-    }
-    if name in views:
-        return views[name]()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message is one line naming the key."""
 
 
 def parse_budget(value: Any, key: str = "eps") -> float:

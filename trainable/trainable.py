@@ -31,7 +31,7 @@ from ray import tune
 
 from trainable.config import TrialConfig
 from trainable.experiment.loop import Experiment
-from trainable.experiment.resources import naming_oom
+from trainable.training.resources import naming_oom
 
 logger = logging.getLogger("l2lda_tune.trial")
 

@@ -2,7 +2,7 @@
 import pytest
 
 from trainable.config import ConfigError, TrialConfig
-from trainable.runner import Experiment
+from trainable.experiment import Experiment
 
 BASELINES = ("plain", "fgsm_at", "pgd10_at", "pgd100_at", "cw100_at")
 OWN_METHOD = ("l2lda", "l2l_star")

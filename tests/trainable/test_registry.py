@@ -50,25 +50,15 @@ def test_the_example_plugin_adds_one_entry_per_kind_after_ours():
         TrialConfig.from_dict({"defense": "nope"})
 
 
-@pytest.mark.parametrize("old, new", [
-    ("trainable.runner", "trainable.experiment"), ("trainable.autoattack", "trainable.attacks.autoattack"),
-    ("trainable.genattacks", "trainable.attacks.generative"), ("trainable.transfer", "trainable.attacks.transfer"),
-    ("trainable.l2lda", "trainable.defenses.l2lda"), ("trainable.generator", "trainable.generators"),
-    ("trainable.checks", "trainable.evaluation.checks"), ("trainable.figure2", "trainable.evaluation.loss_curves"),
-    ("trainable.export_io", "trainable.weights.export_dir"), ("trainable.checkpoint", "trainable.weights.checkpoint"),
-])
-def test_old_module_paths_still_import(old, new):
-    assert importlib.import_module(old) is importlib.import_module(new)
-    assert importlib.import_module(new).__spec__.name == new
+@pytest.mark.parametrize("old", ["trainable.runner", "trainable.autoattack", "trainable.genattacks", "trainable.transfer",
+                                 "trainable.l2lda", "trainable.generator", "trainable.checks", "trainable.figure2",
+                                 "trainable.export_io", "trainable.checkpoint", "trainable.fast", "trainable._moved"])
+def test_module_paths_of_earlier_versions_are_gone(old):
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
 
 
-def test_views_of_earlier_versions_follow_the_registries():
-    from trainable import config
-    from trainable.evaluation import checks
-
-    assert config.DEFENSES == tuple(DEFENSES) and set(config.GENERATOR_DEFENSES) == {"l2l_star", "l2lda"}
-    assert config.DATASET_DEFAULTS["cifar10"]["model"] == "resnet20"
-    assert checks.PFREE_COLUMNS == ("apgd_ce", "apgd_t", "fab_t", "autoattack")
-    from trainable.l2lda import L2LDADefense, l2lda_losses  # noqa: F401
-    from trainable.runner import Experiment, run  # noqa: F401
+def test_what_ray_pickles_from_trainable_imports_where_it_lives():
     from trainable.trainable import L2LDATrainable, with_resources  # noqa: F401  (Ray's tuner.pkl names it)
+
+    assert L2LDATrainable.__module__ == "trainable.trainable"

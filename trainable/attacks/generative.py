@@ -23,7 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainable.attacks.gradient import margin_loss, preserve_mode
+from trainable.attacks.gradient import margin_loss
+from trainable.attacks.primitives import preserve_mode
 from trainable.generators.losses import generator_step, l2lda_losses, l2lstar_loss
 from trainable.generators.nets import Generator, L2LStarGenerator, UNet
 from trainable.generators.rollout import rollout

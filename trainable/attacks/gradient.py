@@ -9,38 +9,12 @@ paper's settings, are entries of :mod:`trainable.attacks.registry`.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-
-@contextmanager
-def preserve_mode(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
-    """Put `model` (and all submodules) in train/eval mode, restoring every module's own mode after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.train(train)
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-@contextmanager
-def frozen_params(model: nn.Module) -> Iterator[nn.Module]:
-    """Parameters of `model` do not require grad inside (restored after): an attack's graphs reach the input only."""
-    thawed = [p for p in model.parameters() if p.requires_grad]
-    for p in thawed:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p in thawed:
-            p.requires_grad_(True)
+from trainable.attacks.primitives import frozen_params, preserve_mode, project, uniform_ball
 
 
 def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
@@ -57,15 +31,6 @@ def _loss(logits: Tensor, y: Tensor, kind: str) -> Tensor:
     if kind == "cw":
         return margin_loss(logits, y)
     raise ValueError(f"unknown attack loss {kind!r}")
-
-
-def _project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
-
-
-def _uniform_like(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
-    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu" if generator is not None else x.device)
-    return (noise.to(x.device) * 2 - 1) * eps
 
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, train_mode: bool = False) -> Tensor:
@@ -90,7 +55,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: float, step
     ``loss="cw"`` gives our C&W: PGD on the C&W margin (κ = 0).
     """
     x = x.detach()
-    x_adv = _project(x + _uniform_like(x, eps, generator), x, eps) if random_start else x.clone()
+    x_adv = project(x + uniform_ball(x, eps, generator), x, eps) if random_start else x.clone()
     best = x_adv.clone()
     best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
     best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -116,7 +81,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: float, step
                     break
                 (g,) = torch.autograd.grad(per_ex.sum(), xa)
             with torch.no_grad():
-                new = _project(xa.detach() + step * g.sign(), x[active], eps)
+                new = project(xa.detach() + step * g.sign(), x[active], eps)
                 x_adv[active] = new
                 if early_stop:
                     keep = ~fooled
@@ -125,9 +90,6 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: float, step
                         if active.numel() == 0:
                             break
     return best if keep_best else x_adv
-
-
-AttackFn = Callable[..., Tensor]
 
 
 def fgsm_column(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:

@@ -173,16 +173,6 @@ def _transfer_training(cfg: Any) -> float:
     return it * cfg.batch_size * (1 + 2 + 11) + 3 * _l2lda_training(cfg)
 
 
-def _transfer_setup(cfg: Any, price: Callable[[dict], float]) -> float:
-    from trainable.attacks.transfer import SURROGATES
-    from trainable.data.registry import DATASETS
-
-    # the surrogates are the dataset's own classifier family (trainable.attacks.transfer)
-    iterations = cfg.transfer_iterations or cfg.iterations
-    model = DATASETS[cfg.dataset].model
-    return iterations * sum(price({"defense": d, "model": model}) for d in SURROGATES.values())
-
-
 # Budgets per eval profile (docs/method.md, evaluation): cpu takes minutes on a CPU, full is the authors' scale.
 GENERATOR_PROFILES = {"cpu": {"gen_attack_steps": 200, "gen_attack_samples": 4},
                       "full": {"gen_attack_steps": 48_000, "gen_attack_samples": 10}}
@@ -230,8 +220,8 @@ def _ours() -> None:
     add(ColumnEntry("autoattack", "parameter_free", prepare=f"{_AA}:prepare_autoattack", stages=CASCADE,
                     tables=_T12, profiles=SQUARE_PROFILES,
                     roles=frozenset({"parameter_free"}), doc="the standard cascade APGD-CE → APGD-T → FAB-T → Square"))
-    add(ColumnEntry("transfer", "transfer", prepare="trainable.attacks.transfer:prepare_transfer", tables=(),
-                    test="own", cost=_transfer_steps, setup=_transfer_setup, training=_transfer_training,
+    add(ColumnEntry("transfer", "transfer", prepare="trainable.evaluation.transfer:prepare_transfer", tables=(),
+                    test="own", cost=_transfer_steps, setup="trainable.evaluation.transfer:transfer_setup", training=_transfer_training,
                     doc="PGD10, PGD100 and L2L-DA from surrogates A plain, B FGSM-AT, C PGD10-AT (Table 3)"))
 
 

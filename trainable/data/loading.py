@@ -12,15 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from trainable.errors import DatasetMissingError
 
 SPLIT_SEED = 20190101  # constant: split indices never depend on a trial's seed
-
-
-class DatasetMissingError(FileNotFoundError):
-    """The dataset's files are not where we looked; the message says how to fetch them."""
-
-
-DatasetMissingError.__module__ = "trainable.data"  # the path failure_reason tags name (the package face)
 
 
 @dataclass

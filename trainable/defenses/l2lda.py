@@ -18,9 +18,10 @@ import torch.nn as nn
 from torch import Tensor
 
 from trainable.defenses.base import Defense
-from trainable.fast import build_kernels
 from trainable.generators.losses import clamp_erased, generator_step, l2lda_losses, l2lstar_loss
-from trainable.generators.nets import Generator, L2LStarGenerator, build_generator
+from trainable.defenses.registry import build_generator
+from trainable.generators.kernels import build_kernels
+from trainable.generators.nets import Generator, L2LStarGenerator
 
 
 class _GeneratorDefense(Defense):

@@ -95,3 +95,10 @@ def build_defense(cfg: Any, classifier: nn.Module, shape: tuple[int, int, int], 
     if cfg.defense not in DEFENSES:
         raise ValueError(f"defense: {DEFENSES.unknown(cfg.defense)}")
     return DEFENSES[cfg.defense].make(cfg, classifier, shape, num_classes, device)
+
+
+def build_generator(cfg: Any, shape: Sequence[int], num_classes: int, *, width: int | None = None) -> nn.Module:
+    """The generator the trial's defense trains, built by its registry entry, at `width` (default cfg.gen_width)."""
+    if cfg.defense not in DEFENSES:
+        raise ValueError(f"defense: {DEFENSES.unknown(cfg.defense)}")
+    return DEFENSES[cfg.defense].make_generator(cfg, shape, num_classes, width=width or cfg.gen_width)

@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from trainable.attacks.gradient import pgd, preserve_mode
+from trainable.attacks.gradient import pgd
+from trainable.attacks.primitives import preserve_mode
 from trainable.attacks.registry import has_role, with_role
 
 MORE_STEPS_THRESHOLD = 0.01  # pgd100 − pgd10
@@ -137,12 +138,3 @@ def eps_curve(model: nn.Module, x: Tensor, y: Tensor, eps_list: Sequence[float],
                 ok += int((model(xa).argmax(1) == yb).sum())
         out.append({"eps": float(eps), "accuracy": ok / max(len(y), 1), "steps": steps})
     return out
-
-
-def __getattr__(name: str) -> Any:
-    # The views of earlier versions, derived from the column registry.
-    if name == "WHITEBOX_COLUMNS":
-        return with_role("whitebox")
-    if name == "PFREE_COLUMNS":
-        return with_role("parameter_free")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainable.attacks.gradient import _project, _uniform_like, preserve_mode
+from trainable.attacks.primitives import preserve_mode, project, uniform_ball
 from trainable.data.loading import fixed_subset
 from trainable.generators.nets import Generator, L2LStarGenerator
 from trainable.generators.rollout import input_gradient, rollout
@@ -49,11 +49,11 @@ def pgd_loss_curve(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step: 
                generator: torch.Generator | None = None) -> list[Tensor]:
     """CE per example after each of `steps` signed PGD steps from a uniform random start."""
     x = x.detach()
-    x_adv = _project(x + _uniform_like(x, eps, generator), x, eps)
+    x_adv = project(x + uniform_ball(x, eps, generator), x, eps)
     out = []
     for _ in range(steps):
         g = input_gradient(model, x_adv, y, normalize=False)
-        x_adv = _project(x_adv + step * g.sign(), x, eps)
+        x_adv = project(x_adv + step * g.sign(), x, eps)
         out.append(_ce(model, x_adv, y))
     return out
 
@@ -62,12 +62,12 @@ def l2l_loss_curve(generator: L2LStarGenerator, model: nn.Module, x: Tensor, y: 
                steps: int, rng: torch.Generator | None = None) -> list[Tensor]:
     """CE per example after each step of the L2L* generator applied recursively from a random start."""
     x = x.detach()
-    x_adv = _project(x + _uniform_like(x, eps, rng), x, eps)
+    x_adv = project(x + uniform_ball(x, eps, rng), x, eps)
     out = []
     with preserve_mode(generator, False), torch.no_grad():
         for _ in range(steps):
             g = input_gradient(model, x_adv, y, normalize=generator.grad_norm)
-            x_adv = _project(x_adv + step * generator(x_adv, g), x, eps)
+            x_adv = project(x_adv + step * generator(x_adv, g), x, eps)
             out.append(_ce(model, x_adv, y))
     return out
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from trainable.attacks.gradient import preserve_mode
+from trainable.attacks.primitives import AttackPrep, EvalContext, preserve_mode
 from trainable.attacks.registry import COLUMNS, column_of
 from trainable.evaluation.progress import Progress, _Tracker, training_steps  # noqa: F401  (re-exported)
 
@@ -29,37 +29,6 @@ def known_columns() -> list[str]:
     """Every registered matrix column (ours and plug-ins'), in the report's order."""
     return COLUMNS.names()
 
-
-def __getattr__(name: str) -> Any:
-    # Views derived from the registry: column kinds, and the composite columns — those whose
-    # per-example result is the worst case over other columns ("stages"), each run exactly as
-    # its own column would be (docs/method.md §Evaluation).
-    if name == "COLUMN_KINDS":
-        return {n: e.kind for n, e in COLUMNS.items()}
-    if name == "COMPOSITE_COLUMNS":
-        return {n: e.stages for n, e in COLUMNS.items() if e.stages}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@dataclass
-class EvalContext:
-    """What column preparation may need besides the classifier."""
-
-    cfg: Any  # TrialConfig (resolved)
-    data: Any  # DataSplits
-    device: torch.device
-    generator: nn.Module | None = None  # the trial's own generator (L2L-DA), if any
-    seed: int = 0
-    log: Callable[[str], None] = lambda msg: None
-    # Where a long matrix reports how far it is (a Ray trial's progress table, a CLI line):
-    # called with a :class:`Progress` after each batch and around each column.
-    progress: Callable[[Progress], None] | None = None
-    # Set by the matrix while a column is prepared: attacker / surrogate training calls it
-    # with (steps done, steps in all).
-    on_training: Callable[[int, int], None] = lambda done, total: None
-
-
-AttackPrep = list[tuple[str, Callable[..., Tensor], dict]]
 
 def prepare_column(name: str, model: nn.Module, ctx: EvalContext) -> AttackPrep:
     """[(metric name, attack_fn, budget)] of a registered column (sub-columns for prepared ones)."""

@@ -7,13 +7,13 @@ BN and z, L2L*'s); :mod:`~trainable.generators.rollout` — the recursive stocha
 """
 from trainable.generators.losses import diversity_loss, generator_step, l2lda_losses, l2lstar_loss
 from trainable.generators.nets import (CondBatchNorm2d, Generator, L2LStarGenerator, PlainBatchNorm2d, UNet, ZConv2d,
-                                       build_generator, is_channels_last)
+                                       is_channels_last)
 from trainable.generators.rollout import (EAGER, GRAD_STABILISER, RolloutKernels, ce_and_input_gradient,
                                           ce_and_input_gradient_functional, generator_update, input_gradient,
                                           normalize_grad, recursive_attack, rollout)
 
 __all__ = ["EAGER", "GRAD_STABILISER", "CondBatchNorm2d", "Generator", "L2LStarGenerator", "PlainBatchNorm2d",
-           "RolloutKernels", "UNet", "ZConv2d", "build_generator", "ce_and_input_gradient",
+           "RolloutKernels", "UNet", "ZConv2d", "ce_and_input_gradient",
            "ce_and_input_gradient_functional", "diversity_loss", "generator_step", "generator_update",
            "input_gradient", "is_channels_last", "l2lda_losses", "l2lstar_loss", "normalize_grad",
            "recursive_attack", "rollout"]

@@ -14,23 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def authors_init(module: nn.Module) -> None:
-    """The authors' ``weights_init_normal``, applied to their generator and to a classifier trained
-    from scratch (docs/method.md): N(0, 0.02) conv weights, xavier-uniform Linear weights, zero biases.
-
-    With N(0, 0.02) on the generator's z-MLP Linear layers too, z moves the generator's output by under 2% of
-    its magnitude at initialisation and L_div has almost nothing to act on (docs/method.md).
-    """
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-        else:
-            continue
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+from trainable.models.init import authors_init
 
 
 class CondBatchNorm2d(nn.Module):
@@ -193,15 +177,3 @@ class L2LStarGenerator(UNet):
 
     def config(self) -> dict:
         return {"kind": self.kind, "shape": list(self.shape), "width": self.width, "grad_norm": self.grad_norm}
-
-
-def build_generator(cfg, shape: Sequence[int], num_classes: int, *, width: int | None = None) -> nn.Module:
-    """The generator the trial's defense trains (its defenses registry entry builds it), at `width`
-    (default cfg.gen_width)."""
-    from trainable.defenses.registry import DEFENSES
-
-    entry = DEFENSES[cfg.defense]
-    if entry.generator is None:
-        raise ValueError(f"defense: {cfg.defense!r} trains no generator")
-    return entry.make_generator(cfg, shape, num_classes, width=width or cfg.gen_width)
-

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainable.attacks.gradient import frozen_params, preserve_mode
+from trainable.attacks.primitives import frozen_params, preserve_mode
 from trainable.generators.nets import L2LStarGenerator
 
 GRAD_STABILISER = 1e-15  # docs/method.md: ‖g + 1e-15‖₂, so a saturated CE (zero gradient) gives 0, not NaN

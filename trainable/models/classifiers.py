@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainable.generators.nets import authors_init  # the authors' one init for both networks (docs/method.md)
+from trainable.models.init import authors_init  # the authors' one init for both networks (docs/method.md)
 
 # The statistics the authors' CIFAR-10 ResNet-20 normalises with (docs/method.md, "Classifiers").
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

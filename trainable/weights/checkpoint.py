@@ -21,16 +21,10 @@ from typing import Any
 import torch
 
 from trainable.text import shorten
+from trainable.errors import CheckpointError
 
 FORMAT = 1
 STATE_FILE, CONFIG_FILE, META_FILE = "state.pt", "config.json", "meta.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or export cannot be used; the message is one line naming the file and why."""
-
-
-CheckpointError.__module__ = "trainable.checkpoint"  # the path failure_reason tags name (trainable/_moved.py)
 
 
 def private_tmp(path: Path) -> Path:

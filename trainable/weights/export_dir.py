@@ -192,7 +192,7 @@ def build_for(cfg: TrialConfig, device: str | torch.device = "cpu") -> nn.Module
 
 
 def build_generator_for(cfg: TrialConfig, device: str | torch.device = "cpu") -> nn.Module:
-    from trainable.generators.nets import build_generator
+    from trainable.defenses.registry import build_generator
 
     data = DATASETS[cfg.dataset]
     return build_generator(cfg, data.shape, data.num_classes).to(device)
@@ -291,12 +291,3 @@ def load_state_dict_file(path: str | os.PathLike, dataset: str = "mnist5k", mode
             state[k] = own[k]
     load_module_state(clf, state, f"{p} ({cfg.model} on {cfg.dataset})")
     return cfg, clf.eval()
-
-
-def __getattr__(name: str) -> Any:
-    # Views of earlier versions, derived from the dataset registry.
-    if name == "DATASET_SHAPES":
-        return {n: e.shape for n, e in DATASETS.items()}
-    if name == "NUM_CLASSES":
-        return 10
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

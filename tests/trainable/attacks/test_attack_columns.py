@@ -13,8 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainable.attacks import ATTACKS, COLUMNS, pgd, preserve_mode
-from trainable.evaluation import EvalContext, prepare_column, robustness_matrix
+from trainable.attacks import COLUMNS, pgd, preserve_mode
+from trainable.attacks.primitives import EvalContext
+from trainable.evaluation import prepare_column, robustness_matrix
 
 FAST = [e.name for e in COLUMNS.values() if e.test == "fast"]
 SLOW = [e.name for e in COLUMNS.values() if e.test == "slow"]
@@ -87,8 +88,8 @@ def test_attack_suite_slow(column, setup):
 
 
 def test_registry_has_the_paper_columns():
-    assert {"fgsm", "pgd10", "pgd100", "cw100", "cw1000"} <= set(ATTACKS)
-    assert ATTACKS["pgd10"][1]["step"] == "eps/4" and ATTACKS["pgd100"][1]["step"] == "eps/12"
+    assert {"fgsm", "pgd10", "pgd100", "cw100", "cw1000"} <= set(COLUMNS)
+    assert COLUMNS["pgd10"].budget["step"] == "eps/4" and COLUMNS["pgd100"].budget["step"] == "eps/12"
 
 
 def test_the_plugin_column_is_in_the_fast_suite():

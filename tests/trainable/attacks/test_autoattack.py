@@ -1,4 +1,4 @@
-"""APGD-CE, APGD-T, FAB-T, Square and the AutoAttack cascade."""
+"""APGD-CE, APGD-T (trainable.attacks.apgd), FAB-T (.fab), Square (.square) and the AutoAttack cascade (.autoattack)."""
 from __future__ import annotations
 
 import math
@@ -9,9 +9,12 @@ import torch
 import torch.nn as nn
 
 from trainable.attacks import pgd
-from trainable.attacks.autoattack import (apgd, apgd_targeted, autoattack, checkpoints, fab_targeted,
-                                  linf_hyperplane_box_projection, square, square_p)
-from trainable.evaluation import EvalContext, robustness_matrix
+from trainable.attacks.apgd import apgd, apgd_targeted, checkpoints
+from trainable.attacks.autoattack import autoattack
+from trainable.attacks.fab import fab_targeted, linf_hyperplane_box_projection
+from trainable.attacks.square import square, square_p
+from trainable.attacks.primitives import EvalContext
+from trainable.evaluation import robustness_matrix
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from trainable.config import TrialConfig
-from trainable.evaluation import EvalContext
+from trainable.attacks.primitives import EvalContext
 from trainable.generators.nets import Generator, L2LStarGenerator
 from trainable.defenses.l2lda import L2LDADefense, L2LStarDefense
 

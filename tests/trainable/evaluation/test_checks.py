@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 
 from trainable.evaluation.checks import FLAGS, column_flags, eps_curve
-from trainable.evaluation import EvalContext, robustness_matrix
+from trainable.attacks.primitives import EvalContext
+from trainable.evaluation import robustness_matrix
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from trainable.config import TrialConfig
-from trainable.evaluation import EvalContext, Progress, robustness_matrix
+from trainable.attacks.primitives import EvalContext
+from trainable.evaluation import Progress, robustness_matrix
 from trainable.text import Clock, duration
 
 

@@ -6,7 +6,8 @@ import torch
 
 from trainable.weights.checkpoint import CheckpointError
 from trainable.config import TrialConfig
-from trainable.experiment.loop import DivergenceError, Experiment, run
+from trainable.errors import DivergenceError
+from trainable.experiment import Experiment, run
 
 
 def test_pgd_at_raises_pgd10_accuracy_well_above_plain(trained):
@@ -36,7 +37,9 @@ def test_step_reports_val_metrics_and_final_matrix(cache_dir):
     assert "matrix" not in first
     last = exp.step()
     assert last["done"] and {"matrix/natural", "matrix/fgsm", "matrix/min", "matrix/worst"} <= set(last)
-    assert last["matrix"]["profile"]["test_indices"] == list(range(0, 0)) or len(last["matrix"]["indices"]) == 20
+    # the matrix ran on the trial's fixed test subset, and its profile says which points those were
+    assert len(last["matrix"]["indices"]) == 20
+    assert last["matrix"]["profile"]["test_indices"] == last["matrix"]["indices"] == list(exp.test_idx)
 
 
 def test_checkpoint_restores_bit_for_bit(tmp_path, cache_dir):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from trainable.export_io import CLASSIFIER_FILE, load_export, save_export
+from trainable.weights.export_dir import CLASSIFIER_FILE, load_export, save_export
 from trainable.models import build_classifier
 
 REPO = Path(__file__).resolve().parents[3]
@@ -53,7 +53,7 @@ def test_load_export_needs_neither_ray_nor_mlflow(tmp_path, monkeypatch):
         "for m in ('ray', 'mlflow', 'optuna', 'click', 'pyarrow'):\n"
         "    sys.modules[m] = None  # any import of these raises ImportError\n"
         "import torch\n"
-        "from trainable.export_io import load_export\n"
+        "from trainable.weights.export_dir import load_export\n"
         f"m = load_export({str(out)!r})\n"
         f"x, want = torch.load({str(tmp_path / 'x.pt')!r}), torch.load({str(tmp_path / 'want.pt')!r})\n"
         "with torch.no_grad():\n"

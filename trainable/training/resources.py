@@ -16,15 +16,12 @@ from typing import Iterator
 import torch
 
 from trainable.config import TrialConfig
+from trainable.errors import DeviceError, TrialOutOfMemory
 
 # A CUDA context with cuDNN and cuBLAS loaded takes a few hundred MiB that the caching
 # allocator's cap does not count: four 0.25 shares capped at a quarter of the card each would
 # overcommit it by four contexts (docs/performance.md, the GPU path).
 CONTEXT_RESERVE_BYTES = 768 << 20
-
-
-class DeviceError(RuntimeError):
-    """The trial cannot run on the device its resources promise; one line, before any work."""
 
 
 def cpu_share() -> int:
@@ -135,10 +132,6 @@ def memory_cap(share: float, total: int) -> int:
     process's CUDA context, which the cap does not count (never below a tenth of the share)."""
     want = share * total
     return int(max(want - CONTEXT_RESERVE_BYTES, want / 10))
-
-
-class TrialOutOfMemory(RuntimeError):
-    """A trial ran out of CUDA memory within its share; the message names the trial and the share."""
 
 
 @contextlib.contextmanager

@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from bench import reference_l2lda as ref
-from trainable import fast
+from trainable.generators import kernels
 from trainable.attacks import fgsm, frozen_params, pgd
 from trainable.config import ConfigError, TrialConfig
-from trainable.fast import CompiledOrEager, build_kernels
-from trainable.generator import (EAGER, Generator, L2LStarGenerator, RolloutKernels, ce_and_input_gradient,
+from trainable.generators.kernels import CompiledOrEager, build_kernels
+from trainable.generators import (EAGER, Generator, L2LStarGenerator, RolloutKernels, ce_and_input_gradient,
                                  ce_and_input_gradient_functional, diversity_loss, generator_update, rollout)
-from trainable.l2lda import generator_step, l2lda_losses
+from trainable.generators.losses import generator_step, l2lda_losses
 from trainable.models import build_classifier
-from trainable.runner import Experiment
+from trainable.experiment import Experiment
 
 EPS, STEP, T, LAM = 0.3, 0.075, 3, 0.02
 # Float tolerance of "exact": the new path sums the same terms in another order; the kicked
@@ -266,4 +266,4 @@ def test_default_kernels_are_eager():
     assert EAGER.ce_grad is ce_and_input_gradient and EAGER.update is generator_update and EAGER.amp_dtype is None
     k = build_kernels(TrialConfig.from_dict({}), torch.device("cpu"))
     assert k.ce_grad is ce_and_input_gradient and k.update is generator_update
-    assert fast.AMP_DTYPES == {"bf16": torch.bfloat16}
+    assert kernels.AMP_DTYPES == {"bf16": torch.bfloat16}

@@ -1,12 +1,13 @@
-"""Black-box transfer attacks (paper Table 3): white-box attacks on surrogates, scored on the target.
+"""The transfer surrogates (paper Table 3) as one more config-keyed cache of the training layer.
 
 Surrogates, as in the paper: A = plain, B = FGSM-AT, C = PGD10-AT, all of the dataset's
 own classifier family (LeNet-5 on MNIST-like data, ResNet-20 on CIFAR-10) whatever the
 trial's classifier is. Each is trained by the tool itself with
-:class:`trainable.experiment.Experiment` and cached under ``cfg.cache_dir/transfer`` keyed by
+:class:`trainable.training.trainer.Trainer` and cached under ``cfg.cache_dir/transfer`` keyed by
 dataset, seed and the surrogate's training config, so a sweep trains each surrogate once
 per seed. Weights are written with :mod:`trainable.weights.checkpoint` and read back with
-``weights_only=True``.
+``weights_only=True``. The ``transfer`` column that attacks through them is
+:mod:`trainable.evaluation.transfer`.
 
 Surrogate training length: ``cfg.transfer_iterations`` adversarial iterations when set,
 else the trial's own ``iterations`` (and its ``warmup``), i.e. the surrogate gets the same
@@ -14,12 +15,6 @@ training budget as the classifier under attack. Surrogates are seeded with
 ``cfg.seed + SURROGATE_SEED_OFFSET`` so they are initialised independently of the trial's
 classifier (a surrogate sharing the target's initialisation and warm-up would transfer
 unrealistically well).
-
-Columns: ``transfer/<A|B|C>/pgd10``, ``…/pgd100`` (our PGD, random start, the last
-iterate — not stopped at the surrogate's first misclassification, which transfers worse)
-and ``…/l2lda`` (an L2L-DA generator trained against the frozen surrogate with
-:func:`trainable.attacks.generative.prepare_l2lda`). x in [0, 1]; every x_adv lies in the ε-ball
-and [0, 1] by construction of the attacks (and is checked by the matrix).
 """
 from __future__ import annotations
 
@@ -28,29 +23,25 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
-from torch import Tensor
 
-from trainable.attacks.generative import prepare_l2lda
-from trainable.attacks.gradient import pgd, preserve_mode
-from trainable.weights.checkpoint import CheckpointError, load_module_state, load_state, private_tmp, save_state
 from trainable.config import TrialConfig
 from trainable.data.registry import DATASETS
+from trainable.errors import CheckpointError
 from trainable.models.classifiers import build_classifier
+from trainable.training.trainer import Trainer
+from trainable.weights.checkpoint import load_module_state, load_state, private_tmp, save_state
 
 SURROGATES = {"A": "plain", "B": "fgsm_at", "C": "pgd10_at"}
-TRANSFER_ATTACKS = ("pgd10", "pgd100", "l2lda")
 SURROGATE_SEED_OFFSET = 7919
 CACHE_FORMAT = 4  # 2: per-defense augmentation and classifier clip; 3: per-defense LR schedule;
 # 4: the source's classifier (input normalisation and init) and LR schedule at the source's length
 # Training-config keys that change a surrogate's weights (the cache key).
 _KEY_FIELDS = ("dataset", "model", "defense", "seed", "eps", "eps_step_frac", "warmup", "iterations", "batch_size",
                "lr", "momentum", "weight_decay", "lr_decay_at", "grad_clip", "augment", "clf_grad_clip", "input_norm")
-
-AttackFn = Callable[..., Tensor]
 
 
 def surrogate_config(cfg: TrialConfig, defense: str) -> TrialConfig:
@@ -102,8 +93,6 @@ def train_surrogate(cfg: TrialConfig, defense: str, *, device: torch.device | No
                     progress: Callable[[int, int], None] | None = None) -> nn.Module:
     """Train (or load from the cache) the surrogate `defense` for trial `cfg`; returns it in eval mode.
     `progress` hears (iterations done, iterations in all) after each training chunk."""
-    from trainable.experiment.loop import Experiment  # the runner imports evaluation, which loads us lazily
-
     scfg = surrogate_config(cfg, defense)
     d = surrogate_dir(scfg)
     stale = False
@@ -118,7 +107,7 @@ def train_surrogate(cfg: TrialConfig, defense: str, *, device: torch.device | No
             log(f"transfer: cache {d} unusable ({type(exc).__name__}: {first}); discarded, retraining")
             stale = True
     log(f"transfer: training surrogate {defense} ({scfg.warmup}+{scfg.iterations} iterations, seed {scfg.seed})")
-    exp = Experiment(scfg, log=log)
+    exp = Trainer(scfg, log=log)
     while not exp.done:
         exp.train(scfg.steps_per_report)
         if progress is not None:
@@ -139,48 +128,3 @@ def train_surrogate(cfg: TrialConfig, defense: str, *, device: torch.device | No
         except OSError:  # another process finished first: keep its copy
             shutil.rmtree(tmp, ignore_errors=True)
     return model
-
-
-def _on_surrogate(surrogate: nn.Module, steps: int, step_div: float) -> AttackFn:
-    def run(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:
-        # The target `model` is never queried: the perturbation is computed on the surrogate only.
-        return pgd(surrogate, x, y, eps=eps, step=eps / step_div, steps=steps, random_start=True,
-                   keep_best=False, early_stop=False, generator=generator)
-
-    return run
-
-
-def _wrap_generator_attack(surrogate: nn.Module, fn: AttackFn) -> AttackFn:
-    def run(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, generator: torch.Generator | None = None) -> Tensor:
-        with preserve_mode(surrogate, False):
-            return fn(surrogate, x, y, eps=eps, generator=generator)
-
-    return run
-
-
-def prepare_transfer(model: nn.Module, ctx: Any) -> list[tuple[str, AttackFn, dict]]:
-    """Matrix column `transfer`: sub-columns transfer/<A|B|C>/<pgd10|pgd100|l2lda>."""
-    from trainable.evaluation.matrix import EvalContext
-
-    cfg: TrialConfig = ctx.cfg
-    out: list[tuple[str, AttackFn, dict]] = []
-    for letter, defense in SURROGATES.items():
-        sur = train_surrogate(cfg, defense, device=ctx.device, log=ctx.log, progress=getattr(ctx, "on_training", None))
-        for p in sur.parameters():
-            p.requires_grad_(False)
-        scfg = surrogate_config(cfg, defense)
-        base = {"surrogate": letter, "surrogate_defense": defense, "surrogate_model": scfg.model,
-                "surrogate_seed": scfg.seed, "surrogate_iterations": scfg.iterations,
-                "surrogate_warmup": scfg.warmup, "surrogate_key": surrogate_key(scfg)}
-        out.append((f"transfer/{letter}/pgd10", _on_surrogate(sur, 10, 4),
-                    {**base, "attack": "pgd10", "steps": 10, "step": "eps/4", "random_start": True, "iterate": "last"}))
-        out.append((f"transfer/{letter}/pgd100", _on_surrogate(sur, 100, 12),
-                    {**base, "attack": "pgd100", "steps": 100, "step": "eps/12", "random_start": True,
-                     "iterate": "last"}))
-        sctx = EvalContext(cfg=cfg, data=ctx.data, device=ctx.device, generator=None,
-                           seed=ctx.seed + SURROGATE_SEED_OFFSET, log=ctx.log,
-                           on_training=getattr(ctx, "on_training", lambda d, t: None))
-        for _name, fn, budget in prepare_l2lda(sur, sctx):
-            out.append((f"transfer/{letter}/l2lda", _wrap_generator_attack(sur, fn),
-                        {**base, "attack": "l2lda", **budget}))
-    return out

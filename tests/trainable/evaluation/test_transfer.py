@@ -5,7 +5,8 @@ import torch
 
 from trainable.config import TrialConfig
 from trainable.experiment.loop import Experiment
-from trainable.attacks.transfer import SURROGATES, prepare_transfer, surrogate_config, surrogate_dir
+from trainable.evaluation.transfer import prepare_transfer
+from trainable.training.surrogates import SURROGATES, surrogate_config, surrogate_dir
 
 
 def _cfg(cache_dir: str, **kw) -> TrialConfig:

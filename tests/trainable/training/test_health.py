@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from trainable.config import TrialConfig
-from trainable.experiment.health import ACC_GAP, FLAG, REPORTS, CollapseCheck
+from trainable.training.health import ACC_GAP, FLAG, REPORTS, CollapseCheck
 from trainable.experiment.loop import Experiment
 from trainable.generators.losses import clamp_erased
 

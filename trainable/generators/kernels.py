@@ -74,7 +74,7 @@ def amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
     if amp is None:
         return None
     if device.type != "cuda":
-        from trainable.config import ConfigError
+        from trainable.errors import ConfigError
 
         raise ConfigError(f"amp: {amp} runs on CUDA only (this trial's device is {device.type}); set amp: null")
     return AMP_DTYPES[amp]

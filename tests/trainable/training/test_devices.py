@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from trainable.config import ConfigError, TrialConfig
-from trainable.experiment import resources as res
+from trainable.training import resources as res
 from trainable.experiment.loop import Experiment
-from trainable.experiment.warmup import WarmupCache
+from trainable.training.warmup import WarmupCache
 
 OTHER = torch.device("meta")  # what `map_location=<the trial's device>` would have produced on a GPU
 
