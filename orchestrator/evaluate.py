@@ -155,7 +155,8 @@ def _matrix(cfg: Any, clf: Any, gen: Any, what: str, profile: str, device: str, 
     import torch
 
     from trainable.data import fixed_subset, load_dataset
-    from trainable.evaluation import EvalContext, robustness_matrix
+    from trainable.attacks.primitives import EvalContext
+    from trainable.evaluation import robustness_matrix
 
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, device)
     idx = fixed_subset(len(data.test_y), cfg.test_subset)
@@ -173,7 +174,7 @@ def _matrix(cfg: Any, clf: Any, gen: Any, what: str, profile: str, device: str, 
 def use_threads(threads: int | None, log: Callable[[str], None] | None) -> int:
     """Set torch's intra-op threads: `threads`, or (None/0) this process's CPU share as trials do
     (OMP_NUM_THREADS if set, else the CPU affinity; docs/architecture.md, resources)."""
-    from trainable.experiment import set_threads
+    from trainable.training.resources import set_threads
 
     if threads is not None and threads < 0:
         raise EvalError(f"--threads {threads}: must be >= 1 (0: this process's CPU share)")

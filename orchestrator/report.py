@@ -37,7 +37,8 @@ import numpy as np
 from orchestrator import stats
 from orchestrator.artifacts import MATRIX_JSON, MATRIX_PARQUET, read_matrix_parquet
 from trainable.attacks.registry import table_columns
-from trainable.attacks.transfer import SURROGATES, TRANSFER_ATTACKS
+from trainable.evaluation.transfer import TRANSFER_ATTACKS
+from trainable.training.surrogates import SURROGATES
 from trainable.defenses.registry import DEFENSES
 from trainable.evaluation import binomial_ci
 from trainable.text import Clock, quote

@@ -45,7 +45,7 @@ def _guarded(hook: Callable) -> Callable:
     return wrapper
 
 
-# Result keys a trial reports about its device (trainable.experiment.resources.Placement) → run tags.
+# Result keys a trial reports about its device (trainable.training.resources.Placement) → run tags.
 DEVICE_TAGS = {"device/name": "device", "device/cuda_visible_devices": "cuda_visible_devices",
                "device/memory_cap": "memory_cap"}
 
