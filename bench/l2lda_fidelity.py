@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainable.config import TrialConfig
+from trainable.generators import losses
 from trainable.attacks.primitives import EvalContext
 from trainable.evaluation import robustness_matrix
 from trainable.experiment.loop import Experiment
@@ -123,14 +124,15 @@ def unit_gradient(f: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return g / (g + 1e-15).flatten(2).norm(dim=2)[..., None, None]
 
 
-def reference_iteration(f: nn.Module, gnet: nn.Module, f_opt, g_opt, x: Tensor, y: Tensor, T: int) -> float:
+def reference_iteration(f: nn.Module, gnet: nn.Module, f_opt, g_opt, x: Tensor, y: Tensor, T: int,
+                        z: Tensor | None = None) -> float:
     """One adversarial iteration of Algorithm 1; returns the generator's CE averaged over the T steps."""
     n, eps, step = len(y), EPS, STEP_FRAC * EPS
     f.eval()
     for p in f.parameters():
         p.requires_grad_(False)  # the generator's loss trains the generator only
     xx, yy = torch.cat([x, x]), torch.cat([y, y])
-    z = torch.randn(2 * n, Z_DIM)
+    z = torch.randn(2 * n, Z_DIM) if z is None else z
     g = unit_gradient(f, xx, yy)
     delta = torch.zeros_like(xx)
     ce_sum = div_sum = 0.0
@@ -159,11 +161,18 @@ def reference_iteration(f: nn.Module, gnet: nn.Module, f_opt, g_opt, x: Tensor, 
     return float(ce_sum) / T
 
 
-def reference_run(batches: list[Tensor], data, clean: int, T: int, width: int, seed: int):
+def reference_run(batches: list[Tensor], data, clean: int, T: int, width: int, seed: int, paired: dict | None = None):
+    """Algorithm 1 on the tool's batches. `paired`: the tool's initial weights and z draws, so the two runs
+    differ only in how they compute (a difference in the method shows; seed-to-seed spread does not)."""
     torch.manual_seed(seed)
     f = RefLeNet()
     torch.manual_seed(seed + 2)
     gnet = RefGenerator(width)
+    zs = None
+    if paired is not None:
+        _copy_by_order(f, paired["classifier"])
+        _copy_by_order(gnet, paired["generator"])
+        zs = iter(paired["z"])
     sgd = dict(lr=0.01, momentum=0.9, weight_decay=1e-5)
     f_opt, g_opt = torch.optim.SGD(f.parameters(), **sgd), torch.optim.SGD(gnet.parameters(), **sgd)
     escape, window, t0 = None, deque(maxlen=ESCAPE_WINDOW), time.perf_counter()
@@ -176,10 +185,20 @@ def reference_run(batches: list[Tensor], data, clean: int, T: int, width: int, s
             loss.backward()
             f_opt.step()
             continue
-        window.append(reference_iteration(f, gnet, f_opt, g_opt, x, y, T))
+        window.append(reference_iteration(f, gnet, f_opt, g_opt, x, y, T, None if zs is None else next(zs)))
         escape = _escape(escape, window, it - clean + 1)
         _progress("reference", it + 1, len(batches), t0)
     return f.eval(), escape, time.perf_counter() - t0, {}
+
+
+def _copy_by_order(net: nn.Module, state: list[Tensor]) -> None:
+    """Load the tool's parameters into a reference network: same order, same shapes (checked)."""
+    params = list(net.parameters())
+    if [tuple(p.shape) for p in params] != [tuple(t.shape) for t in state]:
+        raise SystemExit("paired: the reference network's parameters do not match the tool's in order and shape")
+    with torch.no_grad():
+        for p, t in zip(params, state):
+            p.copy_(t)
 
 
 # ----------------------------------------------------------------------------- the tool
@@ -203,6 +222,17 @@ def tool_run(clean: int, adv: int, T: int, width: int, batch: int, seed: int, ca
         return idx
 
     exp.sampler.next = recorded
+    # What a paired reference starts from and draws: the tool's initial weights and its z per iteration.
+    paired = {"classifier": [p.detach().clone() for p in exp.classifier.parameters()],
+              "generator": [p.detach().clone() for p in exp.defense.generator.parameters()], "z": []}
+    draw_z = losses._randn
+
+    def recorded_z(*args, **kw) -> Tensor:
+        z = draw_z(*args, **kw)
+        paired["z"].append(z.detach().cpu().clone())
+        return z
+
+    losses._randn = recorded_z
     escape, window, t0 = None, deque(maxlen=ESCAPE_WINDOW), time.perf_counter()
     report: dict[str, float] = defaultdict(float)
     while not exp.done:
@@ -217,8 +247,9 @@ def tool_run(clean: int, adv: int, T: int, width: int, batch: int, seed: int, ca
                 exp.check_health(dict(report), exp.iteration - cfg.steps_per_report)
                 report.clear()
         _progress("tool", exp.iteration, cfg.total_iterations, t0)
+    losses._randn = draw_z
     flags = {"collapse": exp.health.fired_at}
-    return exp, batches, escape, time.perf_counter() - t0, flags
+    return exp, batches, escape, time.perf_counter() - t0, flags, paired
 
 
 def tool_batches(clean: int, adv: int, T: int, width: int, batch: int, seed: int, cache_dir: str, **extra):
@@ -256,10 +287,14 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--only", choices=("tool", "reference"), help="run one side only (no comparison)")
+    ap.add_argument("--paired", action="store_true",
+                    help="the reference starts from the tool's initial weights and draws the tool's z (seed spread out)")
     ap.add_argument("--gen-objective", default="sum", help="the tool's gen_objective (sum: the authors'; mean)")
     ap.add_argument("--input-norm", default="auto", help="the tool's input_norm (auto: the source's; dataset)")
     ap.add_argument("--cache-dir", default=".cache/l2lda-tune")
     args = ap.parse_args()
+    if args.paired and args.only:
+        ap.error("--paired needs both runs (the reference takes the tool's initial weights and z draws)")
     torch.set_num_threads(1)
     rows: list[dict] = []
     for seed in args.seeds:
@@ -268,14 +303,16 @@ def main() -> None:
             exp, batches = tool_batches(args.clean, args.adv, args.T, args.width, args.batch, seed, args.cache_dir,
                                         **extra)
         else:
-            exp, batches, esc, t, flags = tool_run(args.clean, args.adv, args.T, args.width, args.batch, seed,
-                                                   args.cache_dir, **extra)
+            exp, batches, esc, t, flags, paired = tool_run(args.clean, args.adv, args.T, args.width, args.batch,
+                                                           seed, args.cache_dir, **extra)
         if args.only != "reference":
             rows.append({"run": "tool", "seed": seed, "escape": esc, "s": t, **flags, **evaluate(exp.classifier, exp)})
             print(rows[-1], flush=True)
         if args.only != "tool":
-            model, esc, t, flags = reference_run(batches, exp.data, args.clean, args.T, args.width, seed)
-            rows.append({"run": "reference", "seed": seed, "escape": esc, "s": t, **evaluate(model, exp)})
+            model, esc, t, flags = reference_run(batches, exp.data, args.clean, args.T, args.width, seed,
+                                                 paired if args.paired else None)
+            rows.append({"run": "paired reference" if args.paired else "reference", "seed": seed, "escape": esc,
+                         "s": t, **evaluate(model, exp)})
             print(rows[-1], flush=True)
     print(f"\nL2L-DA, LeNet-5, mnist5k, {args.clean} clean + {args.adv} adversarial iterations, batch {args.batch}, "
           f"T {args.T}, width {args.width}, 500 test points, tool gen_objective={args.gen_objective} "
@@ -285,18 +322,19 @@ def main() -> None:
         flag = "" if r["run"] != "tool" else ("fired at %d" % r["collapse"] if r["collapse"] else "silent")
         print(f"| {r['run']} | {r['seed']} | {r['escape'] or 'never'} | {r['natural']:.1f} | {r['pgd10']:.1f} | "
               f"{r['pgd100']:.1f} | {flag} | {r['s']:.0f} |")
+    runs = ("tool", "reference", "paired reference")
     means = {run: statistics.fmean(r["pgd100"] for r in rows if r["run"] == run)
-             for run in ("tool", "reference") if any(r["run"] == run for r in rows)}
+             for run in runs if any(r["run"] == run for r in rows)}
     for run, m in means.items():
         print(f"mean PGD100 {run}: {m:.1f}")
     if "tool" in means:
-        if "reference" in means:
-            gap = means["tool"] - means["reference"]
-            print(f"tool − reference: {gap:+.1f} points (target ±3) → {'MET' if abs(gap) <= 3 else 'NOT MET'}")
+        for ref in ("reference", "paired reference"):
+            if ref in means:
+                gap = means["tool"] - means[ref]
+                print(f"tool − {ref}: {gap:+.1f} points (target ±3) → {'MET' if abs(gap) <= 3 else 'NOT MET'}")
         gap = means["tool"] - AUTHORS_PGD100
         print(f"tool − authors' trainer ({AUTHORS_PGD100}): {gap:+.1f} points (target ±3) → "
               f"{'MET' if abs(gap) <= 3 else 'NOT MET'}")
-
 
 if __name__ == "__main__":
     main()
