@@ -158,7 +158,7 @@ def reference_iteration(f: nn.Module, gnet: nn.Module, f_opt, g_opt, x: Tensor, 
     loss.backward()
     nn.utils.clip_grad_norm_(f.parameters(), 1.0)
     f_opt.step()
-    return float(ce_sum) / T
+    return float(ce_sum.detach()) / T
 
 
 def reference_run(batches: list[Tensor], data, clean: int, T: int, width: int, seed: int, paired: dict | None = None):

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 from ray.tune import Callback
 
 from orchestrator.store import ROLE_SWEEP, ROLE_TRIAL
-from orchestrator.tracking.records import (failure_reason, metric_items, objectives_from_spec, run_name,
+from orchestrator.tracking.records import (failure_reason, failure_type, metric_items, objectives_from_spec, run_name,
                                            swept_params, tag, git_commit)
 from orchestrator.tracking.writer import DEFAULT_QUEUE, Writer
 
@@ -373,6 +373,8 @@ class MLflowCallback(Callback):
             tags["checkpoint_path"] = tag(path)
         if reason:
             tags["failure_reason"] = reason
+            if status == "FAILED":
+                tags["failure_type"] = failure_type(reason)
         self._writer.submit(("finish", {"key": tid, "status": status, "tags": tags}))
 
     @_guarded

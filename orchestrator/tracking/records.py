@@ -137,7 +137,23 @@ def failure_reason(trial: Any) -> str:
         return "unknown error (no error file)"
     exc_lines = [ln for ln in lines if not ln[0].isspace() and ":" in ln and not ln.startswith(("Failure #", "Traceback"))
                  and not ln.startswith("ray::")]
-    return tag((exc_lines[-1] if exc_lines else lines[0]).strip()[:1000])
+    line = (exc_lines[-1] if exc_lines else lines[0]).strip()
+    # "pkg.module.ClassName: message" → "ClassName: message": where a class lives is not the failure.
+    m = _EXC_LINE.match(line)
+    if m:
+        line = m.group(1).rpartition(".")[2] + line[m.end(1):]
+    return tag(line[:1000])
+
+
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?=: |$)")
+
+
+def failure_type(reason: str) -> str:
+    """The ``failure_type`` of the error a :func:`failure_reason` names (trainable.errors: ``diverged``,
+    ``checkpoint``, ``dataset_missing``, …); ``error`` for any other exception."""
+    from trainable.errors import failure_type as known
+
+    return known(reason.partition(":")[0].strip()) or "error"
 
 
 def objectives_from_spec(spec: Mapping[str, Any]) -> list[tuple[str, str]]:

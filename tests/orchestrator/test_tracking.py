@@ -132,7 +132,7 @@ def make_sweep(uri: str, experiment: str, tiny_run, tmp_path: Path, sweep_name: 
                 r[k] = r[k] - 0.05
     err = tmp_path / "error.txt"
     err.write_text("Failure # 1 (occurred at 2026-11-24)\nray::L2LDATrainable.train()\n  File \"x.py\", line 1\n"
-                   "trainable.runner.DivergenceError: train/loss became nan by iteration 20\n")
+                   "trainable.errors.DivergenceError: train/loss became nan by iteration 20\n")
     c = FakeTrial("c0003", dict(config, lr=9.0), error_file=str(err))
     replay(cb, a, results)
     replay(cb, b, worse)
@@ -197,7 +197,8 @@ def test_sweep_records_parent_children_metrics_and_artifacts(store, tiny_run, tm
 
     c = children["c0003"]
     assert c.info.status == "FAILED" and c.data.tags["status"] == "FAILED"
-    assert c.data.tags["failure_reason"] == "trainable.runner.DivergenceError: train/loss became nan by iteration 20"
+    assert c.data.tags["failure_reason"] == "DivergenceError: train/loss became nan by iteration 20"
+    assert c.data.tags["failure_type"] == "diverged"
 
     pd = Path(client.download_artifacts(parent.info.run_id, "sweep_table.parquet", str(tmp_path / "pdl")))
     sweep = pq.read_table(pd).to_pylist()

@@ -54,7 +54,8 @@ def test_diverged_trial_errors_with_reason_others_finish(two_sweeps):
         lr = float(r.data.params["lr"])
         if lr == DIVERGENT:
             assert r.info.status == "FAILED" and r.data.tags["status"] == "FAILED"
-            assert r.data.tags["failure_reason"].startswith("trainable.runner.DivergenceError: train/loss became nan")
+            assert r.data.tags["failure_reason"].startswith("DivergenceError: train/loss became nan")
+            assert r.data.tags["failure_type"] == "diverged"
             assert not any(k.startswith("matrix/") for k in r.data.metrics)
         else:
             assert r.info.status == "FINISHED" and "failure_reason" not in r.data.tags
