@@ -23,6 +23,10 @@ within 3 points of the authors' trainer at this budget (41.6, the mean of its se
 
     python bench/l2lda_fidelity.py                          # 3 seeds, ≈ 40 min on one quiet core
     python bench/l2lda_fidelity.py --seeds 0 --only tool --input-norm dataset   # a normalised LeNet
+    python bench/l2lda_fidelity.py --seeds 0 --paired   # the reference from the tool's init and z draws
+
+Unpaired, the two rows differ by the draw of the generator's initialisation and its z as well as
+by the code; ``--paired`` takes the draws out, so what remains is the method.
 """
 from __future__ import annotations
 
