@@ -117,3 +117,14 @@ def test_a_short_trial_trains_and_reports_finite_metrics(name, tmp_path):
     for k in ("train/loss", "train/acc_clean", "train/acc_adv", "train/loss_kl", "val/natural", "matrix/pgd10"):
         assert math.isfinite(out[k]), k
     assert any(not torch.equal(a, b) for a, b in zip(before, exp.classifier.parameters()))
+
+
+def test_resolved_pipeline_follows_the_sources():
+    """No MNIST augmentation or clip in either source; TRADES' MNIST script decays at iteration 25,326, MART keeps its rate."""
+    t = TrialConfig.from_dict({"dataset": "mnist5k", "defense": "trades"}).resolved()
+    m = TrialConfig.from_dict({"dataset": "mnist5k", "defense": "mart"}).resolved()
+    assert (t.augment, t.clf_grad_clip, m.augment, m.clf_grad_clip) == (False, 0.0, False, 0.0)
+    assert t.lr_decay_at == (54 * 469 - 1000) / 100_000 and m.lr_decay_at is None
+    assert TrialConfig.from_dict({"defense": "trades", "warmup": 300, "iterations": 300}).resolved().lr_decay_at is None
+    assert TrialConfig.from_dict({"dataset": "cifar10", "defense": "mart"}).resolved().augment is True
+    assert DEFENSES["trades"].iteration_ms({"dataset": "mnist"}) > DEFENSES["trades"].iteration_ms({"dataset": "cifar10"})
