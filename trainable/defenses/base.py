@@ -24,7 +24,10 @@ def accuracy(logits: Tensor, y: Tensor) -> Tensor:
     return (logits.detach().argmax(1) == y).float().mean()
 
 
-def cross_entropy(classifier: nn.Module, x_train: Tensor, y_train: Tensor, n_clean: int) -> tuple[Tensor, dict[str, Tensor]]:
+Metrics = dict[str, Tensor]
+
+
+def cross_entropy(classifier: nn.Module, x_train: Tensor, y_train: Tensor, n_clean: int) -> tuple[Tensor, Metrics]:
     """One CE over the training batch, and the accuracies on its first `n_clean` rows (the clean
     batch) and on the rest (the adversarial rows, if any). The clean warm-up and every defense
     that keeps the default :meth:`Defense.classifier_loss` train on this."""
@@ -37,7 +40,8 @@ def cross_entropy(classifier: nn.Module, x_train: Tensor, y_train: Tensor, n_cle
 
 
 class Defense:
-    """Base class. Subclasses implement :meth:`batch`, may override :meth:`classifier_loss`; generator defenses also set `generator`."""
+    """Base class. Subclasses implement :meth:`batch` and may override :meth:`classifier_loss`;
+    generator defenses also set `generator`."""
 
     generator: nn.Module | None = None
 
@@ -50,7 +54,7 @@ class Defense:
         """Return (x_train, y_train, metrics) for one adversarial iteration; metrics are 0-d tensors."""
         return x, y, {}
 
-    def classifier_loss(self, x_train: Tensor, y_train: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def classifier_loss(self, x_train: Tensor, y_train: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
         """The classifier's loss on what :meth:`batch` returned, and its metrics (0-d tensors, logged as
         ``train/…``; ``train/acc_clean`` and ``train/acc_adv`` are expected). Called with the classifier
         in train mode, after ``batch``; `x`, `y` are the clean batch ``batch`` received. The runner

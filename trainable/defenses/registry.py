@@ -96,7 +96,7 @@ AUTHORS_LR_DECAY_STEP = 50_000  # the authors' StepLR(step_size=max_step // 2) w
 # TRADES' MNIST script: LR ×0.1 from epoch 55, i.e. after 54 epochs of 469 batches of 128 (60,000 images)
 TRADES_LR_DECAY_STEP = 54 * 469
 
-# TRADES and MART settings (docs/method.md, "TRADES" and "MART"): inner steps, step as a fraction of ε
+# TRADES and MART settings (docs/method.md, "TRADES and MART"): inner steps, step as a fraction of ε
 # (the source's absolute step at its ε: 0.01 at 0.3 on MNIST, 0.007 at 0.031 on CIFAR-10) and β.
 _MNIST_INNER = {"steps": 40, "step_frac": 0.01 / 0.3}
 _CIFAR_INNER = {"steps": 10, "step_frac": 0.007 / 0.031}
@@ -117,10 +117,11 @@ def _ours() -> None:
     DEFENSES.add(DefenseEntry("pgd100_at", f"{base}:pgd100_at", 2500.0, doc="PGD-AT, 100 steps of ε/12"))
     DEFENSES.add(DefenseEntry("cw100_at", f"{base}:cw100_at", 2500.0, doc="PGD-AT on the C&W margin, 100 steps"))
     own = "trainable.defenses.trades_mart"
-    DEFENSES.add(DefenseEntry("trades", f"{own}:trades", "trainable.defenses.registry:trades_cost", settings=TRADES_SETTINGS,
-                              lr_decay_step=TRADES_LR_DECAY_STEP,
-                              doc="TRADES (Zhang et al. 2019), CE(x) + β·KL(p(x) ‖ p(x_adv)), x_adv maximises the KL"))
-    DEFENSES.add(DefenseEntry("mart", f"{own}:mart", "trainable.defenses.registry:mart_cost", settings=MART_SETTINGS,
+    DEFENSES.add(DefenseEntry("trades", f"{own}:trades", "trainable.defenses.registry:trades_cost",
+                              settings=TRADES_SETTINGS, lr_decay_step=TRADES_LR_DECAY_STEP,
+                              doc="TRADES (Zhang et al. 2019), CE(x) + β·KL(p(x) ‖ p(x_adv)), x_adv ascending the KL"))
+    DEFENSES.add(DefenseEntry("mart", f"{own}:mart", "trainable.defenses.registry:mart_cost",
+                              settings=MART_SETTINGS,
                               doc="MART (Wang et al. 2020), boosted CE on x_adv + β·(1 − p_y(x))-weighted KL"))
     DEFENSES.add(DefenseEntry("l2l_star", f"{gen}:L2LStarDefense", 170.0, generator=f"{gen}:l2lstar_generator",
                               augment=True, clf_grad_clip=1.0, lr_decay_step=AUTHORS_LR_DECAY_STEP,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainable.attacks.gradient import _project, frozen_params, preserve_mode
-from trainable.defenses.base import Defense, accuracy
+from trainable.defenses.base import Defense, Metrics, accuracy
 
 START_STD = 0.001  # both sources start the inner maximisation at x + 0.001·N(0, I)
 
@@ -58,7 +58,7 @@ MART_STAB = 1e-4  # MART's code takes log(1.0001 − p) so that a certain wrong 
 
 
 def mart_loss(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta: float) -> tuple[Tensor, Tensor, Tensor]:
-    """MART's objective (Eq. 8 of the paper), with the stabilisers of the authors' code; returns (loss, BCE, weighted KL).
+    """MART's objective (Eq. 8 of the paper) with the stabilisers of the authors' code; (loss, BCE, weighted KL).
 
     BCE(p(x_adv), y) = CE(f(x_adv), y) − log(1 − max_{k≠y} p_k(x_adv)), batch mean;
     weighted KL = mean over the batch of KL(p(x) ‖ p(x_adv)) · (1 − p_y(x)).
@@ -90,7 +90,7 @@ class _SplitLossDefense(Defense):
     def batch(self, x: Tensor, y: Tensor, iteration: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         return torch.cat([x, self.adversarial(x, y)]), torch.cat([y, y]), {}
 
-    def classifier_loss(self, x_train: Tensor, y_train: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def classifier_loss(self, x_train: Tensor, y_train: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Metrics]:
         n = len(y)
         logits_clean, logits_adv = self.classifier(x_train[:n]), self.classifier(x_train[n:])
         loss, first, second = self.objective(logits_clean, logits_adv, y, self.beta)
