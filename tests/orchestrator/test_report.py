@@ -263,3 +263,17 @@ def test_report_says_which_tables_it_could_not_build_and_draws_no_progress_bars(
              "eps_curve": [], "matrix": None} for i in range(2)]
     written = make_report(recs, tmp_path / "rep2", "one")
     assert "share every ablation flag" in written["skipped"]["table1"] and "table1" not in written["tables"]
+
+
+def test_trades_and_mart_are_table2_rows_like_any_defense(tmp_path):
+    """Defenses that own their loss are Table 2 rows with their cells, paired with the other defenses."""
+    recs = [_rec(d, s, k) for s in (0, 1) for d, k in (("l2lda", 15), ("mart", 12), ("pgd10_at", 10), ("trades", 11))]
+    written = make_report(recs, tmp_path, "baselines")
+    md = (tmp_path / "report.md").read_text()
+    table2 = md[md.index("## Table 2"):]
+    table2 = table2[:table2.index("\n\n", table2.index("| defense |"))]  # the table itself
+    rows = {line.split("|")[1].strip(): line for line in table2.splitlines() if line.startswith("| ")}
+    assert {"trades", "mart", "pgd10_at", "l2lda"} <= set(rows), list(rows)
+    assert "| 55.0 ±" in rows["trades"] and "| 60.0 ±" in rows["mart"]  # worst case: 11 and 12 of 20 points
+    pairs = {(e["a"], e["b"]) for e in written["paired_comparisons"] if e["table"] == "table2"}
+    assert any("trades" in p for p in pairs) and any("mart" in p for p in pairs)

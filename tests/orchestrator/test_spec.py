@@ -124,8 +124,8 @@ def test_random_search_conditional_parameter():
 
 def test_describe_study_names_count_resources_and_cost():
     text = describe_study(load_spec("baselines"))
-    assert "trials: 14" in text and "0.25 GPU" in text and "iterations" in text and "cost:" in text
-    assert "defense=pgd100_at, seed=1" in text
+    assert "trials: 18" in text and "0.25 GPU" in text and "iterations" in text and "cost:" in text
+    assert "defense=pgd100_at, seed=1" in text and "defense=trades, seed=0" in text and "defense=mart, seed=1" in text
 
 
 # --------------------------------------------------------------- malformed specs

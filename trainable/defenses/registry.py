@@ -34,7 +34,15 @@ class DefenseEntry:
     # the source's classifier LR schedule: ×0.1 at this total iteration, warm-up included (None: constant);
     # TrialConfig turns it into `lr_decay_at` for the trial's length (never, if the run ends first)
     lr_decay_step: int | None = None
+    # the source's settings of a defense that takes some (TRADES, MART: steps, step_frac, beta), per dataset
+    # name with "*" for the rest; passed to `build` as keywords by the defense's own factory
+    settings: Mapping[str, Mapping[str, float]] | None = None
     doc: str = ""
+
+    def settings_for(self, dataset: str) -> dict[str, float]:
+        """The source's settings on `dataset` (its own entry, else "*"); {} for a defense without settings."""
+        table = self.settings or {}
+        return dict(table.get(dataset, table.get("*", {})))
 
     def make(self, cfg: Any, classifier: nn.Module, shape: tuple[int, int, int], num_classes: int,
              device: torch.device) -> Any:
@@ -63,7 +71,37 @@ def l2lda_cost(cfg: Mapping[str, Any]) -> float:
     return L2LDA_MS_PER_100_PER_STEP * steps * max(0.25, (int(cfg.get("gen_width", 64)) / 16) ** 1.5)
 
 
+# TRADES and MART: one inner step (forward + input gradient of 100 images) and the rest of the iteration
+# (target, outer step on [x ; x_adv]); measured at 40 steps beside PGD10-AT in one process (TRADES 1120 ms,
+# MART 1250 ms, PGD10-AT 280-320 ms at load 3-4) and scaled to PGD10-AT's 270 above.
+INNER_STEP_MS, OUTER_MS = 25.0, 60.0
+
+
+def _inner_max_cost(name: str, cfg: Mapping[str, Any]) -> float:
+    steps = DEFENSES[name].settings_for(str(cfg.get("dataset", "mnist5k"))).get("steps", 10)
+    return INNER_STEP_MS * steps + OUTER_MS
+
+
+def trades_cost(cfg: Mapping[str, Any]) -> float:
+    """TRADES' iteration: its source's inner steps on the trial's dataset (40 on MNIST, 10 on CIFAR-10)."""
+    return _inner_max_cost("trades", cfg)
+
+
+def mart_cost(cfg: Mapping[str, Any]) -> float:
+    """MART's iteration, as TRADES' (the same inner budget)."""
+    return _inner_max_cost("mart", cfg)
+
+
 AUTHORS_LR_DECAY_STEP = 50_000  # the authors' StepLR(step_size=max_step // 2) with max_step 100k
+# TRADES' MNIST script: LR ×0.1 from epoch 55, i.e. after 54 epochs of 469 batches of 128 (60,000 images)
+TRADES_LR_DECAY_STEP = 54 * 469
+
+# TRADES and MART settings (docs/method.md, "TRADES and MART"): inner steps, step as a fraction of ε
+# (the source's absolute step at its ε: 0.01 at 0.3 on MNIST, 0.007 at 0.031 on CIFAR-10) and β.
+_MNIST_INNER = {"steps": 40, "step_frac": 0.01 / 0.3}
+_CIFAR_INNER = {"steps": 10, "step_frac": 0.007 / 0.031}
+TRADES_SETTINGS = {"*": {**_MNIST_INNER, "beta": 1.0}, "cifar10": {**_CIFAR_INNER, "beta": 6.0}}
+MART_SETTINGS = {"*": {**_MNIST_INNER, "beta": 6.0}, "cifar10": {**_CIFAR_INNER, "beta": 6.0}}
 
 
 def _ours() -> None:
@@ -78,6 +116,13 @@ def _ours() -> None:
     DEFENSES.add(DefenseEntry("pgd10_at", f"{base}:pgd10_at", 270.0, doc="PGD-AT, 10 steps of ε/4"))
     DEFENSES.add(DefenseEntry("pgd100_at", f"{base}:pgd100_at", 2500.0, doc="PGD-AT, 100 steps of ε/12"))
     DEFENSES.add(DefenseEntry("cw100_at", f"{base}:cw100_at", 2500.0, doc="PGD-AT on the C&W margin, 100 steps"))
+    own = "trainable.defenses.trades_mart"
+    DEFENSES.add(DefenseEntry("trades", f"{own}:trades", "trainable.defenses.registry:trades_cost",
+                              settings=TRADES_SETTINGS, lr_decay_step=TRADES_LR_DECAY_STEP,
+                              doc="TRADES (Zhang et al. 2019), CE(x) + β·KL(p(x) ‖ p(x_adv)), x_adv ascending the KL"))
+    DEFENSES.add(DefenseEntry("mart", f"{own}:mart", "trainable.defenses.registry:mart_cost",
+                              settings=MART_SETTINGS,
+                              doc="MART (Wang et al. 2020), boosted CE on x_adv + β·(1 − p_y(x))-weighted KL"))
     DEFENSES.add(DefenseEntry("l2l_star", f"{gen}:L2LStarDefense", 170.0, generator=f"{gen}:l2lstar_generator",
                               augment=True, clf_grad_clip=1.0, lr_decay_step=AUTHORS_LR_DECAY_STEP,
                               doc="L2L* (Chen et al.), one-shot generator"))

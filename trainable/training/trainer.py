@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from trainable import __version__
 from trainable.config import TrialConfig
 from trainable.data.loading import BatchSampler, augment, fixed_subset, load_dataset
+from trainable.defenses.base import cross_entropy
 from trainable.defenses.registry import DEFENSES, build_defense
 from trainable.errors import CheckpointError, DivergenceError
 from trainable.generators.kernels import amp_dtype
@@ -108,16 +108,19 @@ class Trainer:
                 x = augment(x, cfg.dataset, self.aug_rng)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            adversarial = it >= cfg.warmup and self.adversarial
-            if adversarial:
-                xt, yt, m = self.defense.batch(x, y, it)
-            else:
-                xt, yt, m = x, y, {}
             for g in self.clf_opt.param_groups:
                 g["lr"] = self.lr_at(it)
-            self.classifier.train()
-            logits = self.classifier(xt)
-            loss = F.cross_entropy(logits, yt)
+            # The defense makes the training batch (its own inner maximisation, in whichever mode it
+            # needs) and, in train mode, the classifier's loss on it (docs/extending.md, "A defense");
+            # the clean warm-up is one CE over the clean batch for every defense.
+            if it >= cfg.warmup and self.adversarial:
+                xt, yt, m = self.defense.batch(x, y, it)
+                self.classifier.train()
+                loss, lm = self.defense.classifier_loss(xt, yt, x, y)
+            else:
+                m = {}
+                self.classifier.train()
+                loss, lm = cross_entropy(self.classifier, x, y, len(y))
             self.clf_opt.zero_grad(set_to_none=True)
             loss.backward()
             clip = self.clip_at(it)
@@ -125,12 +128,7 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.classifier.parameters(), clip)
             self.clf_opt.step()
             with torch.no_grad():
-                m = dict(m)
-                m["train/loss"] = loss.detach()
-                n_clean = len(y)
-                m["train/acc_clean"] = (logits[:n_clean].argmax(1) == y).float().mean()
-                if adversarial and len(yt) > n_clean:
-                    m["train/acc_adv"] = (logits[n_clean:].argmax(1) == yt[n_clean:]).float().mean()
+                m = {**m, "train/loss": loss.detach(), **lm}
                 for k, v in m.items():
                     sums[k] = sums[k] + v if k in sums else v.clone()
                     counts[k] = counts.get(k, 0) + 1

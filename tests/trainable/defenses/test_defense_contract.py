@@ -1,9 +1,12 @@
 """The defense contract: one suite over every registered defense, ours and plug-ins' (docs/extending.md).
 
 Each defense's training batch stays in the ε-ball and [0, 1] with its labels repeated; its step
-(a generator's included) leaves the classifier's ``.grad`` and mode alone, so the runner's CE
-step is the only thing that trains the classifier; its state dict survives a checkpoint written
-and read as our checkpoints are (``weights_only``), after which it continues identically.
+(a generator's included) leaves the classifier's ``.grad`` and mode alone, so the runner's step
+on the defense's loss is the only thing that trains the classifier; a defense that keeps the
+default loss (one CE over the batch) starts its batch with the clean batch, one with its own
+loss need not; the loss is a finite scalar with the accuracy metrics; its state dict survives a
+checkpoint written and read as our checkpoints are (``weights_only``), after which it continues
+identically.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch
 
 from trainable.config import TrialConfig
 from trainable.data import DATASETS
-from trainable.defenses import DEFENSES, build_defense
+from trainable.defenses import DEFENSES, Defense, build_defense
 from trainable.models import build_classifier
 from trainable.weights.checkpoint import load_state, save_state
 
@@ -48,12 +51,27 @@ def test_batch_stays_in_the_ball_and_leaves_the_classifier_alone(name):
         if "running" not in k:
             assert torch.equal(clf.state_dict()[k], v), f"{name} changed the classifier's {k}"
     assert len(xt) % len(x) == 0 and torch.equal(yt, y.repeat(len(xt) // len(x)))
-    assert torch.equal(xt[:len(x)], x), "the training batch starts with the clean batch"
+    if type(defense).classifier_loss is Defense.classifier_loss:  # the default CE reads its first rows as clean
+        assert torch.equal(xt[:len(x)], x), "the training batch starts with the clean batch"
     assert torch.isfinite(xt).all() and xt.min() >= 0 and xt.max() <= 1
     for part in xt.split(len(x)):
         assert float((part - x).abs().max()) <= cfg.eps + 1e-6, f"{name} left the ε-ball"
     assert all(torch.is_tensor(v) and v.dim() == 0 for v in metrics.values())
     assert (defense.generator is not None) == (DEFENSES[name].generator is not None)
+
+
+@pytest.mark.parametrize("name", [n for n in DEFENSES.names() if DEFENSES[n].adversarial])
+def test_classifier_loss_is_a_finite_scalar_that_trains_the_classifier(name):
+    cfg, clf, defense = _make(name)
+    x, y = _batch()
+    xt, yt, _ = defense.batch(x, y, cfg.warmup)
+    clf.train()
+    loss, metrics = defense.classifier_loss(xt, yt, x, y)
+    assert loss.dim() == 0 and torch.isfinite(loss) and clf.training
+    assert {"train/acc_clean", "train/acc_adv"} <= set(metrics)
+    assert all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in metrics.values())
+    grads = torch.autograd.grad(loss, list(clf.parameters()), allow_unused=True)
+    assert any(g is not None and bool(g.abs().sum() > 0) for g in grads), f"{name}'s loss does not reach the classifier"
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())
