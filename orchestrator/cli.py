@@ -360,7 +360,7 @@ def report_cmd(experiment: tuple[str, ...], out: str, tracking_uri: str | None) 
     """The paper's tables (defenses × attacks, Min), mean ± std over seeds."""
     check_out_folder(out)
     with user_errors():
-        from orchestrator.report import report_command
+        from orchestrator.report.build import report_command
 
         report_command(list(experiment), out, tracking_uri)
 

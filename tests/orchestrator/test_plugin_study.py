@@ -55,7 +55,7 @@ def test_the_masking_checks_read_the_plugin_column(study_run):
 
 
 def test_the_report_shows_the_plugin_row_and_column(study_run):
-    from orchestrator.report import report_command
+    from orchestrator.report.build import report_command
 
     tmp, db, uri, results = study_run
     report_command("plugin", str(tmp / "report"), uri)

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.artifacts import write_matrix_parquet
-from orchestrator.report import ReportError, make_report, report_command
+from orchestrator.report.build import make_report, report_command
+from orchestrator.report.collect import ReportError
 
 
 def _log_trial(client, exp_id, tmp_path, defense, seed, acc, flags=(), recursive=True, extra=None, collapsed=False):
@@ -187,7 +188,7 @@ def test_paired_section_hand_computed(tmp_path):
 
 
 def test_paired_refuses_different_test_points_and_ambiguous_seeds(tmp_path):
-    from orchestrator.report import compare_rows
+    from orchestrator.report.paired import compare_rows
 
     recs = [_rec("plain", 0, 5), _rec("pgd10_at", 0, 10, points=range(100, 100 + N))]
     written = make_report(recs, tmp_path, "mismatch")
@@ -199,7 +200,7 @@ def test_paired_refuses_different_test_points_and_ambiguous_seeds(tmp_path):
 
 
 def test_pipeline_footnote_only_when_rows_were_trained_differently():
-    from orchestrator.report import pipeline_note
+    from orchestrator.report.tables import pipeline_note
 
     def rec(defense, augment, clip):
         return {"params": {"defense": defense, "augment": str(augment), "clf_grad_clip": str(clip),

@@ -85,7 +85,7 @@ def test_export_of_the_best_trial_loads_back(sweep):
 
 
 def test_report_writes_the_tables(sweep):
-    from orchestrator.report import report_command
+    from orchestrator.report.build import report_command
 
     tmp, db, uri, results = sweep
     report_command("fast", str(tmp / "report"), uri)
