@@ -1,4 +1,5 @@
-"""`l2lda-tune report` on a tiny MLflow study (issue 5)."""
+"""`l2lda-tune report` (orchestrator/report/): a tiny MLflow study, paired comparisons by hand, and the
+defense registry deciding Table 1."""
 from __future__ import annotations
 
 import json
@@ -264,3 +265,29 @@ def test_report_says_which_tables_it_could_not_build_and_draws_no_progress_bars(
              "eps_curve": [], "matrix": None} for i in range(2)]
     written = make_report(recs, tmp_path / "rep2", "one")
     assert "share every ablation flag" in written["skipped"]["table1"] and "table1" not in written["tables"]
+
+
+def test_table1_rows_and_flags_come_from_the_defense_registry(tmp_path, monkeypatch):
+    """Which defenses Table 1 holds, which flags name the ablated one's rows and what the
+    reference rows are called are facts of the defense entries, plug-ins' included."""
+    import dataclasses
+
+    from trainable.defenses.registry import DEFENSES
+
+    recs = _synthetic() + [_rec("fgsm_rs_at", s, 12) for s in (0, 1)]  # the example plug-in's defense
+    t1 = lambda w: {c["row"] for c in pq.read_table(w["tables"]["table1"]).to_pylist()}  # noqa: E731
+    assert t1(make_report(recs, tmp_path / "a", "s")) == {"R=✓ D=✓", "R=✗ D=✓", "R=✓ D=✗", "R=✗ D=✗"}
+    # the plug-in's entry puts it in Table 1 under its own name: one reference row, paired with the ablation
+    entry = dataclasses.replace(DEFENSES["fgsm_rs_at"], tables=("table1", "table2"), label="FGSM-RS")
+    monkeypatch.setitem(DEFENSES._entries, "fgsm_rs_at", entry)
+    written = make_report(recs, tmp_path / "b", "s")
+    assert t1(written) == {"R=✓ D=✓", "R=✗ D=✓", "R=✓ D=✗", "R=✗ D=✗", "FGSM-RS"}
+    assert _pair(written["paired_comparisons"], "table1", "R=✓ D=✓", "FGSM-RS")["differs"] == "defense"
+    # L2L-DA's entry ablating only `recursive`: diversity no longer names a row of Table 1, nor of Table 2
+    l2lda = dataclasses.replace(DEFENSES["l2lda"], ablation=(("recursive", "R"),))
+    monkeypatch.setitem(DEFENSES._entries, "l2lda", l2lda)
+    written = make_report(_synthetic(), tmp_path / "c", "s")
+    md = (tmp_path / "c" / "report.md").read_text()
+    assert "## Table 1 — ablation of L2L-DA" in md
+    assert t1(written) == {"R=✓ (diversity=True)", "R=✗ (diversity=True)", "R=✓ (diversity=False)",
+                           "R=✗ (diversity=False)"}
