@@ -4,9 +4,10 @@ Grid and random studies become Tune's ``param_space`` (``grid_search``, sampling
 ``sample_from`` bodies for conditional parameters); Optuna studies a define-by-run function
 that suggests each parameter once the parameters its condition reads have values.
 
-Ray pickles these objects into a sweep's state (``tuner.pkl``, the searcher's state), so
-:class:`DefineByRun`, :class:`_Conditional` and :class:`_ConditionalValue` keep this module
-and their names: a sweep started by an earlier version resumes (docs/architecture.md, resume).
+Ray keeps these objects with a sweep's state (Optuna's searcher pickles :class:`DefineByRun`;
+the ``sample_from`` bodies :class:`_Conditional` and :class:`_ConditionalValue` are resolved
+again from the study on ``--resume``), so they keep this module and their names: a sweep
+started by an earlier version resumes (docs/architecture.md, import rules).
 The rest of a sweep — storage, Ray, the Tuner, signals, the summary, ``--dry-run`` — is
 :mod:`orchestrator.sweep`.
 """

@@ -15,6 +15,7 @@ from orchestrator.sweep.signals import Interrupted, StopOnSignals, stop_name
 from orchestrator.sweep.storage import ResumeError
 from orchestrator.sweep.summary import summarize, tracking_info
 from orchestrator.sweep.tuner import build_tuner, make_callbacks, trainable_with_resources
+from orchestrator.tune_runner import param_space
 from trainable.text import shorten
 
 
@@ -65,8 +66,12 @@ def run_study(study: Study, *, name: str, storage: str, tracking_uri: str, addre
             path = f"{storage.rstrip('/')}/{name}"
             if resume:
                 say(f"resuming sweep {name} from {path}")
+                # Ray keeps the space's sample_from bodies (conditional parameters) out of tuner.pkl and
+                # gives trials it has not created yet placeholders for them: the study's space, built
+                # again, resolves them (Ray checks that its keys are the sweep's).
                 try:
-                    tuner = tune.Tuner.restore(path, trainable=trainable_with_resources(study), resume_errored=True)
+                    tuner = tune.Tuner.restore(path, trainable=trainable_with_resources(study), resume_errored=True,
+                                               param_space=param_space(study))
                 except Exception as exc:  # a truncated or foreign tuner.pkl / experiment state: one line, exit 2
                     first = (str(exc).strip().splitlines() or [""])[0][:200]
                     raise ResumeError(f"--resume: {path} is not a usable sweep ({type(exc).__name__}: {first})") from None
