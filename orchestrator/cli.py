@@ -261,8 +261,8 @@ def run_command(*, space: str, name: str | None = None, address: str | None = No
                                tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), address=address,
                                overrides={"--num-samples": num_samples, "--max-concurrent": max_concurrent,
                                           "--cpus-per-trial": cpus_per_trial, "--gpus-per-trial": gpus_per_trial})
-        results = runner.run_study(study, name=sweep, storage=store, tracking_uri=uri, address=address, resume=resume,
-                               resume_command=again, placement_timeout=placement_timeout)
+        results = runner.run_study(study, name=sweep, storage=store, tracking_uri=uri, address=address,
+                                   resume=resume, resume_command=again, placement_timeout=placement_timeout)
         ok = True
     except signals.Interrupted as exc:
         ok = True  # the sweep exists and is resumable: keep everything
