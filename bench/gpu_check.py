@@ -112,7 +112,7 @@ def stage_probe(ctx: dict) -> list[str]:
 def stage_ray(ctx: dict) -> list[str]:
     import ray
 
-    from orchestrator.tune_runner import init_ray
+    from orchestrator.sweep.connect import init_ray
 
     started = init_ray(None, log=lambda m: None)
     gpu = 0.25 if ctx["cuda"] else 0.0

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# What orchestrator.tune_runner.run_study sets before building a Tuner.
+# What orchestrator.sweep.run.run_study sets before building a Tuner.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -64,8 +64,8 @@ def interp(stamps: list[float], iters: list[float], t: float) -> float:
 def run_case(label: str, base: dict, seeds: list[int], cpu: float, gpu: float, root: str) -> dict[str, Any]:
     from ray import tune
 
-    from orchestrator.spec import build_study
-    from orchestrator.tune_runner import build_tuner, make_callbacks
+    from orchestrator.spec.study import build_study
+    from orchestrator.sweep.tuner import build_tuner, make_callbacks
 
     class Clock(tune.Callback):
         def __init__(self) -> None:
@@ -118,7 +118,7 @@ def main() -> None:
 
     import ray
 
-    from orchestrator.tune_runner import init_ray
+    from orchestrator.sweep.connect import init_ray
 
     init_ray(None, log=lambda m: None)
     try:

@@ -35,8 +35,11 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench.common import set_threads, trained_experiment  # noqa: E402
 from orchestrator.evaluate import profile_overrides  # noqa: E402
-from trainable.evaluation.matrix import COMPOSITE_COLUMNS, EvalContext, robustness_matrix  # noqa: E402
+from trainable.attacks.registry import COLUMNS  # noqa: E402
+from trainable.evaluation.matrix import EvalContext, robustness_matrix  # noqa: E402
 
+# The composite columns (each the worst case over its stages), from the column registry.
+COMPOSITE_COLUMNS = {n: e.stages for n, e in COLUMNS.items() if e.stages}
 GRADIENT_COLUMNS = ("fgsm", "pgd10", "pgd100", "cw100")
 # Every attack column that needs no extra training (generator and transfer columns train
 # attackers or surrogates first; add them with --columns), AutoAttack included.

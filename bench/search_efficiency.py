@@ -1,7 +1,7 @@
 """Search efficiency: Optuna TPE + ASHA against random search on a continuous space, in trial-iterations.
 
-Both searches run the product's path: a study built in code with ``orchestrator.spec.build_study``,
-the Tuner from ``orchestrator.tune_runner.build_tuner`` with ``make_callbacks`` (MLflow on a
+Both searches run the product's path: a study built in code with ``orchestrator.spec.study.build_study``,
+the Tuner from ``orchestrator.sweep.tuner.build_tuner`` with ``make_callbacks`` (MLflow on a
 temporary sqlite store), Ray on loopback from ``init_ray``; one extra driver callback counts
 compute. The space (docs/performance.md, "Search benchmark"): L2L-DA on mnist5k, λ log-uniform
 in [1e-3, 10], ε_step fraction uniform in [0.1, 1], T an integer in [1, 4].
@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# What orchestrator.tune_runner.run_study sets before building a Tuner.
+# What orchestrator.sweep.run.run_study sets before building a Tuner.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -52,7 +52,7 @@ BASE = dict(dataset="mnist5k", defense="l2lda", eps=0.1, gen_width=4, batch_size
 
 
 def make_study(kind: str, base: dict, seed: int, trials: int, startup: int | None = None) -> Any:
-    from orchestrator.spec import build_study
+    from orchestrator.spec.study import build_study
 
     raw: dict[str, Any] = {"name": f"searcheff-{kind}", "base": base, "space": SPACE, "resources": {"cpu": 1},
                            "checkpoint": {"every": 0, "keep": 1}}
@@ -73,7 +73,7 @@ def run(study: Any, root: str, tag: str) -> Any:
     """Run the study through the orchestrator's Tuner; returns its compute ledger."""
     from ray import tune
 
-    from orchestrator.tune_runner import build_tuner, make_callbacks
+    from orchestrator.sweep.tuner import build_tuner, make_callbacks
 
     class Ledger(tune.Callback):
         """Trial-iterations trained, in the order results reach the driver; trial start (= sample) order."""
@@ -147,7 +147,7 @@ def main() -> None:
 
     import ray
 
-    from orchestrator.tune_runner import init_ray
+    from orchestrator.sweep.connect import init_ray
     from trainable.config import TrialConfig
     from trainable.experiment import Experiment
 

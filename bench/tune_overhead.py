@@ -4,7 +4,7 @@ Target: Ray / plain ≥ 0.97 in the steady state with a checkpoint every report 
 default, docs/architecture.md, tracking: delivery). Both sides run the same TrialConfig on one
 torch thread (the Tune trial gets 1 CPU, so L2LDATrainable sets torch's threads to 1; the
 plain side sets threads=1). The Ray side is the product's path: Ray on loopback started by
-``orchestrator.tune_runner.init_ray``, the Tuner from ``build_tuner`` with the callbacks of
+``orchestrator.sweep.connect.init_ray``, the Tuner from ``build_tuner`` with the callbacks of
 ``make_callbacks`` (JSON/CSV loggers and the MLflow callback writing to a temporary sqlite
 store), checkpoints as the study asks. Rounds alternate plain / Ray so that load on a shared
 machine hits both alike.
@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# What orchestrator.tune_runner.run_study sets before building a Tuner.
+# What orchestrator.sweep.run.run_study sets before building a Tuner.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -62,8 +62,8 @@ def in_ray(cfg: dict, spec_extra: dict, root: str, tag: str) -> dict[str, list[f
     """One trial through the orchestrator's Tuner (MLflow callback on a temporary sqlite store)."""
     from ray import tune
 
-    from orchestrator.spec import build_study
-    from orchestrator.tune_runner import build_tuner, make_callbacks
+    from orchestrator.spec.study import build_study
+    from orchestrator.sweep.tuner import build_tuner, make_callbacks
 
     class Clock(tune.Callback):
         """Driver-side arrival time of each result (after the callbacks listed before it)."""
@@ -124,7 +124,7 @@ def main() -> None:
                gen_width=16, T=5, cache_dir=os.path.join(root, "cache"))
     spec_extra = {"checkpoint": {"every": args.checkpoint_every, "keep": 2}}
 
-    from orchestrator.tune_runner import init_ray
+    from orchestrator.sweep.connect import init_ray
 
     import ray
 

@@ -28,9 +28,10 @@ PROG = "l2lda-tune"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from orchestrator.spec import SpecError
     from orchestrator.cluster import NodeCheckError
-    from orchestrator.tune_runner import PlacementError, ResumeError
+    from orchestrator.spec.schema import SpecError
+    from orchestrator.sweep.connect import PlacementError
+    from orchestrator.sweep.storage import ResumeError
     from trainable.weights.checkpoint import CheckpointError
     from trainable.config import ConfigError
     from trainable.data import DatasetMissingError
@@ -162,7 +163,7 @@ def cli(ctx: click.Context, space: str | None, name: str | None, address: str | 
             fail(f"--space/--dry-run/--resume run a study; they do not go with `{ctx.invoked_subcommand}`")
         return
     if not space:
-        from orchestrator.spec import shipped_studies
+        from orchestrator.spec.load import shipped_studies
 
         fail(f"--space is required: a study YAML file or a shipped study ({', '.join(shipped_studies())}); "
              f"see `{PROG} --help`")
@@ -215,8 +216,10 @@ def run_command(*, space: str, name: str | None = None, address: str | None = No
     does Ray start. A start that fails after the claim removes what it created."""
     import re
 
-    from orchestrator import tune_runner as tr
-    from orchestrator.spec import SpecError, load_spec
+    from orchestrator.spec.load import load_spec
+    from orchestrator.spec.schema import SpecError
+    from orchestrator.sweep import connect, dry_run as dry, run as runner, signals
+    from orchestrator.sweep import storage as sweep_dir
     from orchestrator.store import check_db_url, open_tracking_store, remove_new_store
     from orchestrator.tracking import check_tracking_uri, resolve_tracking_uri
     from trainable.text import quote
@@ -233,23 +236,23 @@ def run_command(*, space: str, name: str | None = None, address: str | None = No
                         f"and _ . = + - (starting with a letter or digit)")
     if not placement_timeout >= 0:
         raise SpecError(f"--placement-timeout: must be >= 0 seconds, got {placement_timeout}")
-    store = tr.resolve_storage(storage)
+    store = sweep_dir.resolve_storage(storage)
     uri = resolve_tracking_uri(tracking_uri)
     if dry_run:
-        sweep = tr.sweep_name(study, name, store, resume=False)
-        click.echo(tr.describe_study(study, name=sweep, storage=store, address=address, tracking_uri=uri))
+        sweep = sweep_dir.sweep_name(study, name, store, resume=False)
+        click.echo(dry.describe_study(study, name=sweep, storage=store, address=address, tracking_uri=uri))
         return
-    tr.check_storage(store)
-    sweep = tr.sweep_name(study, name, store, resume)
-    tr.check_sweep_dir(store, sweep, resume)
+    sweep_dir.check_storage(store)
+    sweep = sweep_dir.sweep_name(study, name, store, resume)
+    sweep_dir.check_sweep_dir(store, sweep, resume)
     check_tracking_uri(uri)
     if study.search.storage:
         check_db_url(study.search.storage, "search.storage", create_dir=False)
     check_datasets(study)
-    address = tr.check_address(address, address_origin)
+    address = connect.check_address(address, address_origin)
     if address is None:
-        tr.check_local_placement(study)
-    claim = tr.claim_sweep_dir(store, sweep, resume)
+        connect.check_local_placement(study)
+    claim = sweep_dir.claim_sweep_dir(store, sweep, resume)
     created: list = []
     ok = False
     try:
@@ -258,14 +261,14 @@ def run_command(*, space: str, name: str | None = None, address: str | None = No
                                tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), address=address,
                                overrides={"--num-samples": num_samples, "--max-concurrent": max_concurrent,
                                           "--cpus-per-trial": cpus_per_trial, "--gpus-per-trial": gpus_per_trial})
-        results = tr.run_study(study, name=sweep, storage=store, tracking_uri=uri, address=address, resume=resume,
-                               resume_command=again, placement_timeout=placement_timeout)
+        results = runner.run_study(study, name=sweep, storage=store, tracking_uri=uri, address=address,
+                                   resume=resume, resume_command=again, placement_timeout=placement_timeout)
         ok = True
-    except tr.Interrupted as exc:
+    except signals.Interrupted as exc:
         ok = True  # the sweep exists and is resumable: keep everything
-        click.echo(tr.interrupt_message(exc.signame, again), err=True)
+        click.echo(signals.interrupt_message(exc.signame, again), err=True)
         sys.exit(128 + exc.signum)
-    except tr.RecordsLost as exc:
+    except runner.RecordsLost as exc:
         ok = True
         fail(str(exc), code=1)
     finally:
@@ -357,7 +360,7 @@ def report_cmd(experiment: tuple[str, ...], out: str, tracking_uri: str | None) 
     """The paper's tables (defenses × attacks, Min), mean ± std over seeds."""
     check_out_folder(out)
     with user_errors():
-        from orchestrator.report import report_command
+        from orchestrator.report.build import report_command
 
         report_command(list(experiment), out, tracking_uri)
 

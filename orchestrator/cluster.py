@@ -112,7 +112,7 @@ def trial_nodes(study: Any) -> list[dict]:
     """The live nodes that can hold one trial."""
     import ray
 
-    from orchestrator.tune_runner import placement_problem
+    from orchestrator.sweep.connect import placement_problem
 
     return [n for n in ray.nodes() if n.get("Alive") and placement_problem(study, [n.get("Resources", {})]) is None]
 
@@ -122,7 +122,7 @@ def check_nodes(study: Any, storage: str, address: str | None, log: Callable[[st
     """On every node that can hold a trial, before any trial: fetch or check the datasets, and
     (with `address` and a local storage path) check the storage is the driver's. The first
     node that fails raises :class:`NodeCheckError` naming it."""
-    from orchestrator.tune_runner import is_local
+    from orchestrator.sweep.storage import is_local
 
     datasets = sweep_datasets(study)
     probe_dir = storage if address and is_local(storage) else None

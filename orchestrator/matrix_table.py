@@ -2,7 +2,7 @@
 
 Every evaluated column under a short name (PGD100, APGD-T, FAB-T, Square, AA …), the paper's
 `min`, the worst case per example, and the gradient-masking flags that fired; the best trial's
-row is marked. The same rows end a sweep (``tune_runner.summarize``), an ``eval`` and the
+row is marked. The same rows end a sweep (:func:`orchestrator.sweep.summary.summarize`), an ``eval`` and the
 parent run's description in MLflow (Markdown there).
 """
 from __future__ import annotations

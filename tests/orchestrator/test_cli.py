@@ -10,8 +10,9 @@ import pytest
 
 from _ray_fixtures import cli_env, run_cli
 from orchestrator import cli as cli_mod
-from orchestrator import tune_runner
-from orchestrator.spec import shipped_studies
+from orchestrator.sweep import connect, storage
+from orchestrator.sweep import run as runner
+from orchestrator.spec.load import shipped_studies
 
 GOOD = """\
 name: good
@@ -26,8 +27,8 @@ def no_run(monkeypatch, tmp_path):
     def forbidden(*a, **k):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(tune_runner, "init_ray", forbidden)
-    monkeypatch.setattr(tune_runner, "run_study", forbidden)
+    monkeypatch.setattr(connect, "init_ray", forbidden)
+    monkeypatch.setattr(runner, "run_study", forbidden)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -163,15 +164,15 @@ def test_console_script_subprocess_one_line(tmp_path):
 
 
 def test_node_ip_for_loopback_addresses():
-    assert tune_runner._node_ip_for(None) == "127.0.0.2"
-    assert tune_runner._node_ip_for("127.0.0.2:6379") == "127.0.0.2"
-    assert tune_runner._node_ip_for("10.1.2.3:6379") is None
-    assert tune_runner._node_ip_for("ray://head:10001") is None
+    assert connect._node_ip_for(None) == "127.0.0.2"
+    assert connect._node_ip_for("127.0.0.2:6379") == "127.0.0.2"
+    assert connect._node_ip_for("10.1.2.3:6379") is None
+    assert connect._node_ip_for("ray://head:10001") is None
 
 
 def test_storage_resolution(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert tune_runner.resolve_storage(None) == str(tmp_path / "runs")
-    assert tune_runner.resolve_storage("rel/dir") == str(tmp_path / "rel" / "dir")
-    assert tune_runner.resolve_storage("s3://bucket/runs") == "s3://bucket/runs"
-    assert tune_runner.resolve_storage(f"file://{tmp_path}/x") == str(tmp_path / "x")
+    assert storage.resolve_storage(None) == str(tmp_path / "runs")
+    assert storage.resolve_storage("rel/dir") == str(tmp_path / "rel" / "dir")
+    assert storage.resolve_storage("s3://bucket/runs") == "s3://bucket/runs"
+    assert storage.resolve_storage(f"file://{tmp_path}/x") == str(tmp_path / "x")

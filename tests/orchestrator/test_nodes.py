@@ -16,12 +16,13 @@ import torch
 from _ray_fixtures import ray_session  # noqa: F401  (fixture)
 from _s3 import s3  # noqa: F401  (fixture)
 from orchestrator import tune_runner
+from orchestrator.sweep import connect
 
 try:  # imported here so that each test, not the module, fails where the module is missing
     from orchestrator import cluster
 except ImportError:  # pragma: no cover
     cluster = None
-from orchestrator.spec import build_study
+from orchestrator.spec.study import build_study
 
 TINY = {"dataset": "mnist5k", "defense": "plain", "batch_size": 16, "warmup": 0, "iterations": 2,
         "steps_per_report": 2, "val_subset": 10, "val_columns": ["natural"], "eval_columns": ["natural"],
@@ -131,8 +132,8 @@ def test_placement_wait_asks_the_autoscaler_for_the_bundles(monkeypatch):
     monkeypatch.setattr(sdk, "request_resources", lambda num_cpus=None, bundles=None, **k: asked.append(bundles))
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 16.0}}])
     study = _study(resources={"cpu": 2, "gpu": 0.25}, search={"max_concurrent": 3})
-    with pytest.raises(tune_runner.PlacementError, match="resources.gpu 0.25"):
-        tune_runner.wait_for_placement(study, "head:6379", 0.0, log=lambda m: None)
+    with pytest.raises(connect.PlacementError, match="resources.gpu 0.25"):
+        connect.wait_for_placement(study, "head:6379", 0.0, log=lambda m: None)
     assert asked == [[{"CPU": 2.0, "GPU": 0.25}] * 2]  # the grid has two trials, max_concurrent 3
     cluster.release_bundles()
     assert asked[-1] == []

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from _ray_fixtures import mlflow_runs, ray_session  # noqa: F401  (fixture)
-from orchestrator import tune_runner
-from orchestrator.spec import build_study
+from orchestrator.sweep import run as runner
+from orchestrator.spec.study import build_study
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def study_run(tmp_path_factory, ray_session):  # noqa: F811
     }
     db = tmp / "mlflow.db"
     uri = f"sqlite:///{db}"
-    results = tune_runner.run_study(build_study(raw), name="plugin-1", storage=str(tmp / "runs"), tracking_uri=uri,
+    results = runner.run_study(build_study(raw), name="plugin-1", storage=str(tmp / "runs"), tracking_uri=uri,
                                     reporter=False)
     return tmp, db, uri, results
 
@@ -55,7 +55,7 @@ def test_the_masking_checks_read_the_plugin_column(study_run):
 
 
 def test_the_report_shows_the_plugin_row_and_column(study_run):
-    from orchestrator.report import report_command
+    from orchestrator.report.build import report_command
 
     tmp, db, uri, results = study_run
     report_command("plugin", str(tmp / "report"), uri)

@@ -7,8 +7,11 @@ import optuna
 import pytest
 import yaml
 
-from orchestrator.spec import SpecError, build_study, condition_order, load_spec, shipped_studies
-from orchestrator.tune_runner import DefineByRun, _Conditional, base_trial_config, describe_study
+from orchestrator.spec.load import load_spec, shipped_studies
+from orchestrator.spec.schema import SpecError
+from orchestrator.spec.study import build_study, condition_order
+from orchestrator.sweep.dry_run import describe_study
+from orchestrator.tune_runner import DefineByRun, _Conditional, base_trial_config
 from trainable.config import TrialConfig
 
 MINIMAL = {
@@ -255,7 +258,7 @@ def test_spec_text_kept_verbatim(tmp_path):
 
 
 def test_tpe_start_up_trials_reach_the_sampler():
-    from orchestrator.tune_runner import build_search
+    from orchestrator.sweep.tuner import build_search
 
     def sampler(search):
         st = study(space={"lr": {"choice": [0.1, 0.2]}}, search={"type": "optuna", **search})

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from _ray_fixtures import mlflow_runs, ray_session  # noqa: F401  (fixture)
-from orchestrator import tune_runner
-from orchestrator.spec import build_study
+from orchestrator.sweep import run as runner
+from orchestrator.spec.study import build_study
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def sweep(tmp_path_factory, ray_session):  # noqa: F811
     from trainable.trainable import progress_board
 
     _BOARD.append(progress_board(create=True))  # the driver creates it too; held here to read it after
-    results = tune_runner.run_study(study, name="fast-1", storage=str(tmp / "runs"), tracking_uri=uri, reporter=False)
+    results = runner.run_study(study, name="fast-1", storage=str(tmp / "runs"), tracking_uri=uri, reporter=False)
     return tmp, db, uri, results
 
 
@@ -85,7 +85,7 @@ def test_export_of_the_best_trial_loads_back(sweep):
 
 
 def test_report_writes_the_tables(sweep):
-    from orchestrator.report import report_command
+    from orchestrator.report.build import report_command
 
     tmp, db, uri, results = sweep
     report_command("fast", str(tmp / "report"), uri)

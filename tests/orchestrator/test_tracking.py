@@ -74,7 +74,8 @@ def tiny_run(tmp_path_factory, cache_dir):
 
 
 def _tiny_run(tmp_path_factory, cache_dir):
-    from trainable.experiment.loop import Experiment, set_threads
+    from trainable.experiment.loop import Experiment
+    from trainable.training.resources import set_threads
     from trainable.config import TrialConfig
 
     set_threads(1)
@@ -418,9 +419,9 @@ def test_one_tie_break_rule_in_summary_parent_run_and_export(store, tiny_run, tm
     """Three trials tie at val/worst; two of them also at val/natural: the higher val/natural
     wins, then the lower trial index — in the summary, on the parent run and in export alike,
     although the winner's run was not the first one created."""
-    from orchestrator import tune_runner
+    from orchestrator.sweep.summary import summarize
     from orchestrator.export import best_run, find_experiment
-    from orchestrator.spec import build_study
+    from orchestrator.spec.study import build_study
 
     config, results, ckpt = tiny_run
     cb = MLflowCallback(store, "unit-tie", TIE_SPEC, "", "sweep-tie", flush_interval=0.0, retry_delays=(),
@@ -455,7 +456,7 @@ def test_one_tie_break_rule_in_summary_parent_run_and_export(store, tiny_run, tm
 
     study = build_study({"name": "unit-tie", "base": {"defense": "plain"}, "space": {"lr": {"grid": [0.01, 0.02, 0.03]}},
                          "search": {"type": "grid", "metric": "val/worst", "mode": "max"}})
-    text = tune_runner.summarize(fake_results, study, tracking={"tracking_uri": store, "sweep_name": "sweep-tie",
+    text = summarize(fake_results, study, tracking={"tracking_uri": store, "sweep_name": "sweep-tie",
                                                                 "experiment_id": exp.experiment_id,
                                                                 "parent_run_id": parents[0].info.run_id})
     assert "best trial: t_00001 " in text

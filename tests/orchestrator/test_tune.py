@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from _ray_fixtures import cli_cmd, cli_env, mlflow_runs, ray_session, run_cli  # noqa: F401  (fixture)
-from orchestrator import tune_runner
-from orchestrator.spec import build_study, load_spec, shipped_studies
+from orchestrator.sweep import run as runner
+from orchestrator.spec.load import load_spec, shipped_studies
+from orchestrator.spec.study import build_study
 
 TINY = dict(dataset="mnist5k", batch_size=10, warmup=2, iterations=4, steps_per_report=2, gen_width=4, T=2,
             val_subset=10, gen_attack_steps=2, gen_attack_samples=1, square_queries=10)
@@ -109,7 +110,7 @@ def test_every_shipped_study_runs_one_iteration(name, tmp_path, ray_session):
     raw = _reduce(name, tmp_path)
     study = build_study(raw, text=load_spec(name).text, source=name)
     db = tmp_path / "mlflow.db"
-    results = tune_runner.run_study(study, name=f"{name}-reduced", storage=str(tmp_path / "runs"),
+    results = runner.run_study(study, name=f"{name}-reduced", storage=str(tmp_path / "runs"),
                                     tracking_uri=f"sqlite:///{db}", reporter=False)
     assert len(results) == study.trial_count() == 1
     for r in results:
@@ -142,7 +143,7 @@ def test_optuna_sweep_with_conditions_and_rdb_storage(tmp_path, ray_session):
     }
     study = build_study(raw)
     db = tmp_path / "mlflow.db"
-    results = tune_runner.run_study(study, name="opt", storage=str(tmp_path / "runs"),
+    results = runner.run_study(study, name="opt", storage=str(tmp_path / "runs"),
                                     tracking_uri=f"sqlite:///{db}", reporter=False)
     assert len(results) == 3 and all(r.error is None for r in results)
     for r in results:

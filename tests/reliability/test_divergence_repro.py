@@ -14,8 +14,8 @@ import math
 import pytest
 
 from _faults import children_of, tiny_spec
-from orchestrator import tune_runner
-from orchestrator.spec import build_study
+from orchestrator.sweep import run as runner
+from orchestrator.spec.study import build_study
 
 HEALTHY, DIVERGENT = 0.05, 1e30
 
@@ -29,7 +29,7 @@ def two_sweeps(ray_session, tmp_path_factory):
     out, grids = [], []
     for sweep in ("first", "second"):
         buf = io.StringIO()
-        grids.append(tune_runner.run_study(study, name=sweep, storage=str(tmp / "runs"),
+        grids.append(runner.run_study(study, name=sweep, storage=str(tmp / "runs"),
                                            tracking_uri=f"sqlite:///{db}", reporter=False, out=buf))
         out.append(buf.getvalue())
     return {"tmp": tmp, "db": db, "study": study, "grids": grids, "out": out}

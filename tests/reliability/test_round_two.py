@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from orchestrator import cli as cli_mod
-from orchestrator import tune_runner as tr
+from orchestrator.sweep import connect, storage
+from orchestrator.sweep import run as runner
 from test_cli import invoke, no_run  # noqa: F401  (fixture: Ray and sweeps forbidden, fresh cwd)
 
 GOOD = {"name": "good", "base": {"dataset": "mnist5k", "defense": "plain", "iterations": 2, "warmup": 0,
@@ -156,10 +157,10 @@ def test_lost_records_never_exit_0(no_run, capsys, monkeypatch):
     assert cb.close() > 0 and cb.lost > 0
 
     def lossy(*a, **k):
-        raise tr.RecordsLost("3 tracking records could not be written to sqlite:///mlflow.db")
+        raise runner.RecordsLost("3 tracking records could not be written to sqlite:///mlflow.db")
 
-    monkeypatch.setattr(tr, "run_study", lossy)
-    monkeypatch.setattr(tr, "check_local_placement", lambda s: None)
+    monkeypatch.setattr(runner, "run_study", lossy)
+    monkeypatch.setattr(connect, "check_local_placement", lambda s: None)
     rc, out, err = invoke(["--space", str(spec_file(no_run)), "--name", "sw"], capsys)
     assert rc == 1 and err.strip().splitlines() == [
         "l2lda-tune: error: 3 tracking records could not be written to sqlite:///mlflow.db"]
@@ -179,14 +180,14 @@ WAIT_CASES = [
 
 @pytest.mark.parametrize("extra,argv,expected", WAIT_CASES, ids=[e for _, _, e in WAIT_CASES])
 def test_unplaceable_trial_on_the_local_ray(extra, argv, expected, no_run, capsys, monkeypatch):
-    monkeypatch.setattr(tr, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    monkeypatch.setattr(connect, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     spec = spec_file(no_run, {**GOOD, **extra})
     line = refused(["--space", str(spec), *argv], capsys, no_run, expected)
     assert "2 CPU, 0 GPU" in line or "no CUDA GPU" in line
 
 
 def test_shipped_ablation_on_a_cpu_machine(no_run, capsys, monkeypatch):
-    monkeypatch.setattr(tr, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    monkeypatch.setattr(connect, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     refused(["--space", "ablation"], capsys, no_run, "resources.gpu 0.25 per trial, but this machine has 2 CPU, 0 GPU")
 
 
@@ -226,16 +227,16 @@ def test_address_auto_without_a_cluster(no_run, capsys, monkeypatch):
 
 
 def test_bounded_wait_on_an_existing_cluster(ray_session):
-    from orchestrator.spec import build_study
+    from orchestrator.spec.study import build_study
 
     big = build_study({**GOOD, "resources": {"cpu": 64}})
     t0 = time.monotonic()
-    with pytest.raises(tr.PlacementError) as ei:
-        tr.wait_for_placement(big, "127.0.0.2:6379", timeout=1.5, log=lambda m: None)
+    with pytest.raises(connect.PlacementError) as ei:
+        connect.wait_for_placement(big, "127.0.0.2:6379", timeout=1.5, log=lambda m: None)
     assert 1.4 < time.monotonic() - t0 < 10
     msg = str(ei.value)
     assert "\n" not in msg and "resources.cpu 64" in msg and "waited 1.5 s" in msg
-    tr.wait_for_placement(build_study(GOOD), "127.0.0.2:6379", timeout=0, log=lambda m: None)  # fits: no wait
+    connect.wait_for_placement(build_study(GOOD), "127.0.0.2:6379", timeout=0, log=lambda m: None)  # fits: no wait
 
 
 def test_placement_timeout_must_be_nonnegative(no_run, capsys):
@@ -246,19 +247,19 @@ def test_placement_timeout_must_be_nonnegative(no_run, capsys):
 def test_second_driver_on_a_claimed_sweep(no_run, capsys, monkeypatch):
     store = str(no_run / "runs")
     spec = spec_file(no_run)
-    claim = tr.claim_sweep_dir(store, "sw", resume=False)
+    claim = storage.claim_sweep_dir(store, "sw", resume=False)
     try:
         before = tree(no_run)
         line = refused(["--space", str(spec), "--name", "sw"], capsys, no_run,
                        f"is in use by another l2lda-tune (pid {os.getpid()})")
         assert tree(no_run) == before and "sw" in line
-        with pytest.raises(tr.ResumeError, match="in use"):
-            tr.claim_sweep_dir(store, "sw", resume=True)  # a --resume too
+        with pytest.raises(storage.ResumeError, match="in use"):
+            storage.claim_sweep_dir(store, "sw", resume=True)  # a --resume too
     finally:
         claim.release()
     ran = []
-    monkeypatch.setattr(tr, "run_study", lambda *a, **k: ran.append(k["name"]) or [])
-    monkeypatch.setattr(tr, "check_local_placement", lambda s: None)
+    monkeypatch.setattr(runner, "run_study", lambda *a, **k: ran.append(k["name"]) or [])
+    monkeypatch.setattr(connect, "check_local_placement", lambda s: None)
     rc, out, err = invoke(["--space", str(spec), "--name", "sw"], capsys)
     assert rc == 0 and ran == ["sw"], err  # free again once the first driver is gone
 
@@ -267,18 +268,18 @@ def test_claims_are_exclusive_across_processes(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, time; sys.path.insert(0, %r); from orchestrator import tune_runner as tr; "
-            "c = tr.claim_sweep_dir(%r, 'sw', False); print('held', flush=True); time.sleep(30)") % (
+    code = ("import sys, time; sys.path.insert(0, %r); from orchestrator.sweep import storage; "
+            "c = storage.claim_sweep_dir(%r, 'sw', False); print('held', flush=True); time.sleep(30)") % (
         str(Path(__file__).resolve().parents[2]), str(tmp_path / "runs"))
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "held"
-        with pytest.raises(tr.ResumeError, match=f"in use by another l2lda-tune \\(pid {p.pid}\\)"):
-            tr.claim_sweep_dir(str(tmp_path / "runs"), "sw", False)
+        with pytest.raises(storage.ResumeError, match=f"in use by another l2lda-tune \\(pid {p.pid}\\)"):
+            storage.claim_sweep_dir(str(tmp_path / "runs"), "sw", False)
     finally:
         p.kill()
         p.wait()
-    tr.claim_sweep_dir(str(tmp_path / "runs"), "sw", True).release()  # the lock died with its process
+    storage.claim_sweep_dir(str(tmp_path / "runs"), "sw", True).release()  # the lock died with its process
 
 
 def test_fresh_sweep_into_an_old_one_still_refused(no_run, capsys):
@@ -349,7 +350,7 @@ def test_long_cli_values_are_bounded(no_run, capsys):
 
 
 def test_shared_anchor_within_budget_still_loads(tmp_path):
-    from orchestrator.spec import load_spec
+    from orchestrator.spec.load import load_spec
 
     text = ("name: t\nbase: {val_columns: &c [natural, pgd10], eval_columns: *c}\n"
             "space: {seed: {grid: [0, 1]}}\n")
@@ -425,7 +426,7 @@ BAD = [  # (spec dict or text or None, argv with {spec}/{tmp}, expected)
 
 @pytest.mark.parametrize("spec,argv,expected", BAD, ids=[f"{i}-{e[:30]}" for i, (_, _, e) in enumerate(BAD)])
 def test_bad_input_one_line_before_compute(spec, argv, expected, no_run, capsys, monkeypatch):
-    monkeypatch.setattr(tr, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    monkeypatch.setattr(connect, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     (no_run / "afile").write_text("not a folder")
     if isinstance(spec, dict):
         text = yaml.safe_dump(spec, sort_keys=False).replace("{tmp}", str(no_run))
@@ -439,7 +440,7 @@ def test_bad_input_one_line_before_compute(spec, argv, expected, no_run, capsys,
 
 
 def test_one_value_conditional_grid_still_allowed(tmp_path):
-    from orchestrator.spec import load_spec
+    from orchestrator.spec.load import load_spec
 
     raw = {**GOOD, "base": {**GOOD["base"], "defense": "l2lda"},
            "space": {"recursive": {"grid": [True, False]}, "T": {"grid": [3], "when": {"recursive": True}}}}
@@ -466,7 +467,7 @@ FAILED_STARTS = [  # argv (with {spec}/{tmp}), spec override, expected
 
 @pytest.mark.parametrize("argv,over,expected", FAILED_STARTS, ids=[f"{i}-{e[:20]}" for i, (_, _, e) in enumerate(FAILED_STARTS)])
 def test_failed_start_creates_nothing(argv, over, expected, no_run, capsys, monkeypatch):
-    monkeypatch.setattr(tr, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    monkeypatch.setattr(connect, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     text = yaml.safe_dump({**GOOD, **over}, sort_keys=False).replace("{tmp}", str(no_run))
     spec_file(no_run, text=text)
     refused(_sub(argv, spec=str(no_run / "spec.yaml"), tmp=str(no_run)), capsys, no_run, expected)
@@ -476,10 +477,10 @@ def test_failed_start_creates_nothing(argv, over, expected, no_run, capsys, monk
 def test_start_failing_after_the_claim_takes_it_back(no_run, capsys, monkeypatch):
     """Ray refusing the sweep after the directory was claimed and the store opened: both go."""
     def placement(*a, **k):
-        raise tr.PlacementError("Ray cluster at x: resources.cpu 64 per trial, but the largest node has 2 CPU")
+        raise connect.PlacementError("Ray cluster at x: resources.cpu 64 per trial, but the largest node has 2 CPU")
 
-    monkeypatch.setattr(tr, "run_study", placement)
-    monkeypatch.setattr(tr, "check_local_placement", lambda s: None)
+    monkeypatch.setattr(runner, "run_study", placement)
+    monkeypatch.setattr(connect, "check_local_placement", lambda s: None)
     before = tree(no_run)
     spec = spec_file(no_run)
     before = tree(no_run)
@@ -507,7 +508,7 @@ def _seconds(text: str) -> float:
 
 def test_dry_run_counts_each_trials_own_iterations(no_run, capsys, monkeypatch):
     """A conditional budget (quickstart: L2L-DA 800 + 300, PGD10-AT 1200 + 300) is priced per trial."""
-    monkeypatch.setattr(tr, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    monkeypatch.setattr(connect, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     out = _dry(no_run, capsys, ["--space", "quickstart"])
     assert "1,100 to 1,500 iterations per trial, 2 trials = 2,600 iterations" in out, out
 
@@ -515,7 +516,7 @@ def test_dry_run_counts_each_trials_own_iterations(no_run, capsys, monkeypatch):
 def test_dry_run_prices_default_iterations_and_the_matrix(no_run, capsys, monkeypatch):
     import re
 
-    monkeypatch.setattr(tr, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    monkeypatch.setattr(connect, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     raw = {"name": "d", "base": {"dataset": "mnist5k", "defense": "plain"}, "space": {"seed": {"grid": [0]}}}
     out = _dry(no_run, capsys, ["--space", str(spec_file(no_run, raw))])
     m = re.search(r"training (\S+ \S+), validation (\S+ \S+), test matrix (\S+ \S+)", out)
@@ -530,7 +531,7 @@ def test_dry_run_prices_default_iterations_and_the_matrix(no_run, capsys, monkey
 
 
 def test_dry_run_says_when_a_study_cannot_be_placed(no_run, capsys, monkeypatch):
-    monkeypatch.setattr(tr, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    monkeypatch.setattr(connect, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     out = _dry(no_run, capsys, ["--space", "ablation"])
     assert "placement: CANNOT RUN HERE — resources.gpu 0.25 per trial, but this machine has 2 CPU, 0 GPU" in out
     out = _dry(no_run, capsys, ["--space", str(spec_file(no_run)), "--cpus-per-trial", "8"])
@@ -543,7 +544,7 @@ def test_dry_run_says_when_a_study_cannot_be_placed(no_run, capsys, monkeypatch)
 
 @pytest.mark.parametrize("study", ["smoke", "ablation", "hpo", "baselines", "architecture"])
 def test_dry_run_of_shipped_studies_prices_everything(study, no_run, capsys):
-    from orchestrator.spec import shipped_studies
+    from orchestrator.spec.load import shipped_studies
 
     if study not in shipped_studies():
         pytest.skip(f"{study} not shipped")

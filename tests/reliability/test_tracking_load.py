@@ -29,8 +29,8 @@ import pytest
 from _ray_fixtures import cli_env, free_port, mlflow_runs
 from _faults import kill_group, tiny_spec, trial_results, wait_for
 from orchestrator import cli as cli_mod
-from orchestrator import tune_runner
-from orchestrator.spec import build_study
+from orchestrator.sweep import run as runner
+from orchestrator.spec.study import build_study
 from test_cli import invoke
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def test_eight_concurrent_trials_on_one_sqlite_store(ray_session, tmp_path, capf
     db = tmp_path / "mlflow.db"
     buf = io.StringIO()
     t0 = time.perf_counter()
-    grid = tune_runner.run_study(study, name="load", storage=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{db}",
+    grid = runner.run_study(study, name="load", storage=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{db}",
                                  reporter=False, out=buf)
     wall = time.perf_counter() - t0
     captured = capfd.readouterr()
@@ -112,7 +112,7 @@ def test_server_unreachable_then_gone_mid_sweep(ray_session, tmp_path, capfd, mo
         raise AssertionError("a sweep was started")
 
     with monkeypatch.context() as m:
-        m.setattr(tune_runner, "run_study", forbidden)
+        m.setattr(runner, "run_study", forbidden)
         m.chdir(tmp_path)
         code, out, err = invoke(["--space", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "r0")], capfd)
     assert code == 2 and err.strip().splitlines() == [err.strip()] and f"MLflow server {uri} is unreachable" in err
@@ -158,7 +158,7 @@ def test_server_unreachable_then_gone_mid_sweep(ray_session, tmp_path, capfd, mo
         t = threading.Thread(target=outage, daemon=True)
         t.start()
         buf = io.StringIO()
-        grid = tune_runner.run_study(build_study(raw), name="outage", storage=str(tmp_path / "runs"), tracking_uri=uri,
+        grid = runner.run_study(build_study(raw), name="outage", storage=str(tmp_path / "runs"), tracking_uri=uri,
                                      reporter=False, out=buf)
         events["sweep_end"] = time.time()
         t.join(timeout=200)

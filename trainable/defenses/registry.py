@@ -5,8 +5,9 @@ does not: no adversarial batches, no shared warm-up cache), how to build its gen
 when it trains one (exports and checkpoints rebuild it from the config), its cost model
 for ``--dry-run``, and its source's training pipeline: augmentation on datasets whose
 sources do not augment every defense, and the classifier's grad-norm clip after warm-up
-(docs/method.md, "Defaults and their sources"). Registration order is the report's row
-order. Plug-ins add entries through the ``l2lda_tune.defenses`` entry-point group.
+(docs/method.md, "Defaults and their sources"). For the report it says which tables hold its
+rows and which of its flags Table 1 ablates; registration order is the report's row order.
+Plug-ins add entries through the ``l2lda_tune.defenses`` entry-point group.
 """
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ class DefenseEntry:
     # the source's settings of a defense that takes some (TRADES, MART: steps, step_frac, beta), per dataset
     # name with "*" for the rest; passed to `build` as keywords by the defense's own factory
     settings: Mapping[str, Mapping[str, float]] | None = None
+    # the report (docs/extending.md, a defense): the tables with rows of this defense (table1: the
+    # ablation, table2: defenses × attacks; Table 3 follows Table 2's rows), the config flags Table 1
+    # ablates with their short labels there (("recursive", "R"), …), and its name in the tables
+    tables: tuple[str, ...] = ("table2",)
+    ablation: tuple[tuple[str, str], ...] = ()
+    label: str = ""  # empty: its registry name
     doc: str = ""
 
     def settings_for(self, dataset: str) -> dict[str, float]:
@@ -52,6 +59,14 @@ class DefenseEntry:
         if self.generator is None:
             raise ValueError(f"defense {self.name!r} trains no generator")
         return resolve(self.generator)(cfg, shape, num_classes, width=width)
+
+    @property
+    def ablation_flags(self) -> tuple[str, ...]:
+        return tuple(flag for flag, _ in self.ablation)
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.name
 
     def iteration_ms(self, cfg: Mapping[str, Any]) -> float:
         """--dry-run's cost of one iteration per 100 images (LeNet-5, one CPU thread)."""
@@ -92,6 +107,9 @@ def mart_cost(cfg: Mapping[str, Any]) -> float:
     return _inner_max_cost("mart", cfg)
 
 
+# L2L-DA's ablation (the paper's Table 1): recursion, diversity, δ and y as generator inputs,
+# the gradient's normalisation.
+L2LDA_ABLATION = (("recursive", "R"), ("diversity", "D"), ("use_delta", "δ"), ("use_label", "y"), ("grad_norm", "g"))
 AUTHORS_LR_DECAY_STEP = 50_000  # the authors' StepLR(step_size=max_step // 2) with max_step 100k
 # TRADES' MNIST script: LR ×0.1 from epoch 55, i.e. after 54 epochs of 469 batches of 128 (60,000 images)
 TRADES_LR_DECAY_STEP = 54 * 469
@@ -125,10 +143,12 @@ def _ours() -> None:
                               doc="MART (Wang et al. 2020), boosted CE on x_adv + β·(1 − p_y(x))-weighted KL"))
     DEFENSES.add(DefenseEntry("l2l_star", f"{gen}:L2LStarDefense", 170.0, generator=f"{gen}:l2lstar_generator",
                               augment=True, clf_grad_clip=1.0, lr_decay_step=AUTHORS_LR_DECAY_STEP,
+                              tables=("table1", "table2"), label="L2L*",
                               doc="L2L* (Chen et al.), one-shot generator"))
     DEFENSES.add(DefenseEntry("l2lda", f"{gen}:L2LDADefense", "trainable.defenses.registry:l2lda_cost",
                               generator=f"{gen}:l2lda_generator", augment=True, clf_grad_clip=1.0,
-                              lr_decay_step=AUTHORS_LR_DECAY_STEP,
+                              lr_decay_step=AUTHORS_LR_DECAY_STEP, tables=("table1", "table2"),
+                              ablation=L2LDA_ABLATION, label="L2L-DA",
                               doc="L2L-DA (Algorithm 1), recursive stochastic generator"))
 
 

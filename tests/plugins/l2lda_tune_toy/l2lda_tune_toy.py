@@ -88,5 +88,5 @@ RFGSM = ColumnEntry("rfgsm", "gradient", attack=rfgsm, budget={"steps": 1, "alph
                     doc="R+FGSM (Tramèr et al. 2018)")
 FGSM_RS_AT = DefenseEntry("fgsm_rs_at", FGSMRandomStart, cost=60.0, doc="FGSM-RS adversarial training")
 NPZ_DIGITS = DatasetEntry("npz_digits", (1, 28, 28), 10, (0.5,), (0.5,), eps=0.3, lam=0.02, model="lenet5",
-                          val_size=10, test_size=20, load=load_npz, tiny_copy=write_npz)
+                          val_size=10, test_size=20, train_size=70, load=load_npz, tiny_copy=write_npz)
 MLP_ENTRY = ClassifierEntry("mlp", MLP, cost=0.3, doc="one hidden layer of 128")

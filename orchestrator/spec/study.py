@@ -1,4 +1,4 @@
-"""The YAML study schema (docs/architecture.md): validated completely before Ray starts.
+"""A validated study (docs/architecture.md): the YAML document checked completely before Ray starts.
 
 A study file names a ``base`` trial config (:class:`trainable.config.TrialConfig`
 fields), a ``space`` of parameters to vary, and how to ``search`` it::
@@ -24,204 +24,25 @@ message is one line naming the key path, e.g. ``space.lam.loguniform: low must b
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import math
-import os
 import re
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Optional
+from typing import Any, Mapping
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-
-from orchestrator.space import DISTRIBUTIONS, KINDS, Distribution, SpaceError
+from orchestrator.space import DISTRIBUTIONS, KINDS, SpaceError
+from orchestrator.spec.schema import (BUDGET_KEYS, DEFAULTS, CheckpointSpec, EvaluationSpec, FailureSpec, Param,
+                                      ResourcesSpec, SchedulerSpec, SearchSpec, SpecError, StudyModel, is_float_field,
+                                      is_int_field, jsonable, one_line, pydantic_error)
 from trainable.config import ConfigError, TrialConfig, config_fields, parse_budget
-from trainable.text import quote, shorten
-
-BUDGET_KEYS = ("eps",)  # pixel-space budgets that may be written as '8/255'
-
-
-class SpecError(ValueError):
-    """A study spec is malformed; the message is one line that starts with the key path."""
-
-
-# --------------------------------------------------------------------------- sections
-# Range constraints are declared on the fields (pydantic's Field(ge=…)); _pydantic_error words
-# a violation as "must be >= 1, got 0", with the field's description as its reason.
-AtLeastOne = Annotated[int, Field(ge=1)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class _Section(BaseModel):
-    # strict: YAML "4" is not the number 4; extra keys are typos, never ignored.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class SearchSpec(_Section):
-    """How trials are proposed: Optuna (TPE / NSGA-II), a grid, or random sampling."""
-
-    type: Optional[Literal["optuna", "grid", "random"]] = None  # None → grid if the space is all grid, else random
-    sampler: Optional[Literal["tpe", "nsga2"]] = None
-    metric: Any = "val/worst"  # one name or a list (several objectives)
-    mode: Any = "max"  # one mode (applied to every metric) or one per metric
-    num_samples: AtLeastOne = 1
-    max_concurrent: Optional[AtLeastOne] = None
-    seed: Annotated[int, Field(ge=0, lt=2**32, description="numpy's and Optuna's samplers take seeds in [0, 2**32)")] = 0
-    storage: Optional[str] = None  # Optuna RDB URL (e.g. sqlite:///optuna.db) for optuna-dashboard
-    # Optuna TPE's random start-up trials before its model proposes (None: Optuna's default, 10);
-    # a study with few trials needs fewer, or TPE never leaves its random phase.
-    n_startup_trials: Optional[Annotated[int, Field(ge=1)]] = None
-
-    @field_validator("metric")
-    @classmethod
-    def _metric(cls, v: Any) -> Any:
-        names = [v] if isinstance(v, str) else v
-        if not isinstance(names, list) or not names or not all(isinstance(m, str) and m for m in names):
-            raise ValueError(f"expected a metric name or a non-empty list of names, got {quote(v)}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"a metric is listed twice: {names}")
-        return v
-
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, v: Any) -> Any:
-        modes = [v] if isinstance(v, str) else v
-        if not isinstance(modes, list) or not modes or any(m not in ("max", "min") for m in modes):
-            raise ValueError(f"expected 'max' or 'min' (or a list of them), got {quote(v)}")
-        return v
-
-    @field_validator("storage")
-    @classmethod
-    def _storage(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not re.match(r"^[a-z][a-z0-9+]*://", v):
-            raise ValueError(f"expected a database URL such as sqlite:///optuna.db, got {quote(v)}")
-        return v
-
-    @property
-    def metrics(self) -> list[str]:
-        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
-
-    @property
-    def modes(self) -> list[str]:
-        if isinstance(self.mode, str):
-            return [self.mode] * len(self.metrics)
-        return list(self.mode)
-
-
-class SchedulerSpec(_Section):
-    """Early stopping: none, or ASHA on the first (only) metric, in reporting steps."""
-
-    type: Literal["none", "asha"] = "none"
-    max_t: Optional[AtLeastOne] = None  # None → the number of reports of the longest trial
-    grace_period: AtLeastOne = 1
-    reduction_factor: Annotated[FiniteFloat, Field(gt=1)] = 3.0
-
-
-class ResourcesSpec(_Section):
-    """Per-trial resources: CPUs (torch threads follow them) and GPUs (0, a fraction, or 1: one device per trial)."""
-
-    cpu: Annotated[FiniteFloat, Field(gt=0)] = 1.0
-    gpu: float = 0.0
-
-    @field_validator("gpu")  # not a range: 0, a fraction, or whole cards
-    @classmethod
-    def _gpu(cls, v: float) -> float:
-        if v < 0 or not math.isfinite(v):
-            raise ValueError(f"must be 0, a fraction in (0, 1] or a whole number of GPUs, got {v}")
-        if v > 1 and not float(v).is_integer():
-            raise ValueError(f"a share above 1 must be a whole number of GPUs, got {v}")
-        return v
-
-
-class FailureSpec(_Section):
-    # retries from the last checkpoint
-    max_failures: Annotated[int, Field(ge=-1, description="-1 retries forever")] = 0
-
-
-class CheckpointSpec(_Section):
-    every: Annotated[int, Field(ge=0, description="0 checkpoints only at the end")] = 1  # every k reports
-    keep: Optional[AtLeastOne] = 2  # newest checkpoints kept per trial (None: all)
-
-
-class EvaluationSpec(_Section):
-    """The test robustness matrix of each finished trial (→ base.eval_columns / test_subset)."""
-
-    columns: Optional[list[str]] = None
-    test_subset: Optional[int] = None
-
-
-class _StudyModel(_Section):
-    name: str
-    description: Optional[str] = None
-    base: dict[str, Any] = {}
-    space: dict[str, Any] = {}
-    search: SearchSpec = SearchSpec()
-    scheduler: SchedulerSpec = SchedulerSpec()
-    resources: ResourcesSpec = ResourcesSpec()
-    failure: FailureSpec = FailureSpec()
-    checkpoint: CheckpointSpec = CheckpointSpec()
-    evaluation: EvaluationSpec = EvaluationSpec()
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
-            raise ValueError(f"must be letters, digits, '_', '.', '-' (a directory and experiment name), got {quote(v)}")
-        return v
-
-
-# ---------------------------------------------------------------------------- params
-@dataclass(frozen=True)
-class Param:
-    """One searched parameter. `values` for grid/choice, (`low`, `high`) for ranges."""
-
-    name: str
-    kind: str  # fixed | grid | choice | uniform | loguniform | int
-    values: tuple = ()
-    low: float | int | None = None
-    high: float | int | None = None
-    when: tuple[tuple[str, tuple], ...] = ()  # ((param, allowed values), …): all must hold
-    default: Any = None  # the value when a condition does not hold (base, else TrialConfig's default)
-
-    @property
-    def dist(self) -> Distribution:
-        """The kind's behaviour (orchestrator.space); the Param itself stays plain, picklable data."""
-        return KINDS[self.kind]
-
-    def active(self, config: Mapping[str, Any]) -> bool:
-        return all(config.get(p) in allowed for p, allowed in self.when)
-
-    def describe(self) -> str:
-        s = self.dist.describe(self)
-        if self.when:
-            s += " when " + ", ".join(f"{p} in {list(v)}" if len(v) > 1 else f"{p} = {quote(v[0])}" for p, v in self.when)
-        return s
-
-
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialConfig)}
-_HINTS = typing.get_type_hints(TrialConfig)
-
-
-def _is_int_field(name: str) -> bool:
-    return _HINTS.get(name) is int
-
-
-def _is_float_field(name: str) -> bool:
-    hint = _HINTS.get(name)
-    return hint is float or float in typing.get_args(hint)
-
-
-def _jsonable(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
+from trainable.text import quote
 
 
 # ----------------------------------------------------------------------------- study
 @dataclass
 class Study:
-    """A validated, resolved study: what `tune_runner` builds the Tuner from."""
+    """A validated, resolved study: what `orchestrator.sweep.tuner` builds the Tuner from."""
 
     name: str
     description: str | None
@@ -304,7 +125,7 @@ class Study:
         def values(key: str) -> list[int]:
             p = self.params.get(key)
             if p is None:
-                return [int(self.base.get(key, _DEFAULTS[key]))]
+                return [int(self.base.get(key, DEFAULTS[key]))]
             # a conditional parameter takes its default where its condition does not hold
             return [int(v) for v in p.dist.span(p)] + ([int(p.default)] if p.when and p.dist.discrete else [])
 
@@ -349,77 +170,6 @@ class Study:
         return build_study(raw, text=self.text, source=self.source)
 
 
-# ------------------------------------------------------------------------ validation
-def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
-
-
-def _pydantic_error(exc: ValidationError, prefix: str = "") -> SpecError:
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    path = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "spec")
-    kind, msg = err["type"], err["msg"]
-    if kind == "extra_forbidden":
-        section = _section_model(err["loc"][:-1], prefix)
-        known = ", ".join(section.model_fields) if section else ""
-        msg = f"unknown key (known: {known})" if known else "unknown key"
-    elif kind == "missing":
-        msg = "required key is missing"
-    elif kind in _BOUNDS:
-        msg = _range_message(err, prefix)
-    elif kind == "finite_number":
-        msg = f"must be a finite number, got {quote(err.get('input'))}"
-    else:
-        msg = msg.removeprefix("Value error, ")
-        if kind.endswith("_type") or kind.endswith("_parsing"):
-            msg = f"{msg}, got {quote(err.get('input'))}"
-    return SpecError(_one_line(f"{path}: {msg}"))
-
-
-_BOUNDS = {"greater_than_equal": "ge", "greater_than": "gt", "less_than_equal": "le", "less_than": "lt"}
-
-
-def _number(v: Any) -> str:
-    """A bound as a reader writes it (2**32 rather than 4294967296)."""
-    if isinstance(v, int) and v >= 2**16 and v & (v - 1) == 0:
-        return f"2**{v.bit_length() - 1}"
-    return str(v)
-
-
-def _range_message(err: Mapping[str, Any], prefix: str) -> str:
-    """"must be >= 1, got 0" or "must be in [0, 2**32), got -1" from the field's declared bounds."""
-    field_info = None
-    section = _section_model(tuple(err["loc"][:-1]), prefix)
-    if section is not None:
-        field_info = section.model_fields.get(str(err["loc"][-1]))
-    bounds: dict[str, Any] = {}
-    for m in getattr(field_info, "metadata", []):
-        for attr in ("ge", "gt", "le", "lt"):
-            if getattr(m, attr, None) is not None:
-                bounds[attr] = getattr(m, attr)
-    if not bounds:  # the constraint sits on an inner type (Optional[...]): the violated one is in ctx
-        bounds = {k: v for k, v in (err.get("ctx") or {}).items() if k in ("ge", "gt", "le", "lt")}
-    low = next(((k, bounds[k]) for k in ("ge", "gt") if k in bounds), None)
-    high = next(((k, bounds[k]) for k in ("le", "lt") if k in bounds), None)
-    if low and high:
-        text = (f"in {'[' if low[0] == 'ge' else '('}{_number(low[1])}, {_number(high[1])}"
-                f"{']' if high[0] == 'le' else ')'}")
-    else:
-        k, v = low or high
-        text = f"{ {'ge': '>=', 'gt': '>', 'le': '<=', 'lt': '<'}[k]} {_number(v)}"
-    why = getattr(field_info, "description", None)
-    return f"must be {text}" + (f" ({why})" if why and not (low and high) else "") + f", got {quote(err.get('input'))}"
-
-
-def _section_model(loc: tuple, prefix: str) -> type[BaseModel] | None:
-    model: type[BaseModel] = _StudyModel
-    for part in loc:
-        ann = model.model_fields.get(str(part))
-        if ann is None or not (isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)):
-            return None
-        model = ann.annotation
-    return model
-
 
 def _check_value(base: dict[str, Any], name: str, value: Any, path: str) -> Any:
     """Validate one value of `name` against TrialConfig (with the base); return it resolved."""
@@ -427,7 +177,7 @@ def _check_value(base: dict[str, Any], name: str, value: Any, path: str) -> Any:
         try:
             value = parse_budget(value, name)
         except ConfigError as exc:
-            raise SpecError(_one_line(f"{path}: {str(exc).split(': ', 1)[-1]}")) from None
+            raise SpecError(one_line(f"{path}: {str(exc).split(': ', 1)[-1]}")) from None
     try:
         cfg = TrialConfig.from_dict({**base, name: value})
     except ConfigError as exc:
@@ -435,8 +185,8 @@ def _check_value(base: dict[str, Any], name: str, value: Any, path: str) -> Any:
         # The message names the key itself ("lam: must be >= 0"); the path already does.
         if msg.startswith(f"{name}: "):
             msg = msg[len(name) + 2:]
-        raise SpecError(_one_line(f"{path}: {msg}")) from None
-    return _jsonable(getattr(cfg, name))
+        raise SpecError(one_line(f"{path}: {msg}")) from None
+    return jsonable(getattr(cfg, name))
 
 
 def _parse_when(name: str, when: Any, base: dict[str, Any], path: str) -> tuple[tuple[str, tuple], ...]:
@@ -459,10 +209,10 @@ def _parse_when(name: str, when: Any, base: dict[str, Any], path: str) -> tuple[
 
 def _parse_param(name: str, entry: Any, base: dict[str, Any], base_keys: set[str]) -> Param:
     path = f"space.{name}"
-    if name not in _DEFAULTS:
-        raise SpecError(f"{path}: unknown config key (known: {', '.join(sorted(_DEFAULTS))})")
+    if name not in DEFAULTS:
+        raise SpecError(f"{path}: unknown config key (known: {', '.join(sorted(DEFAULTS))})")
     free_base = {k: v for k, v in base.items() if k != name}
-    default = base.get(name, _jsonable(_DEFAULTS[name]))
+    default = base.get(name, jsonable(DEFAULTS[name]))
     if entry is None:  # `lam:` or `lam: null` — most often a distribution left out, never meant as "vary nothing"
         raise SpecError(f"{path}: is empty; give a value or one of {', '.join(DISTRIBUTIONS)} "
                         f"(a value that is null in every trial belongs in base)")
@@ -485,7 +235,7 @@ def _parse_param(name: str, entry: Any, base: dict[str, Any], base_keys: set[str
     try:
         fields = KINDS[kind].parse(name, entry[kind], f"{path}.{kind}",
                                    lambda v, where: _check_value(free_base, name, v, where),
-                                   is_int=_is_int_field(name), is_float=_is_float_field(name))
+                                   is_int=is_int_field(name), is_float=is_float_field(name))
     except SpaceError as exc:
         raise SpecError(str(exc)) from None
     return Param(name, kind, **fields, when=when, default=default)
@@ -497,7 +247,7 @@ def _check_conditions(params: dict[str, Param], base: Mapping[str, Any] | None =
             if dep in params:
                 continue
             # not varied: the condition's parameter has one value, from base or TrialConfig's default
-            fixed = (base or {}).get(dep, _jsonable(_DEFAULTS.get(dep)))
+            fixed = (base or {}).get(dep, jsonable(DEFAULTS.get(dep)))
             if fixed not in allowed:
                 where = "base" if dep in (base or {}) else "the default"
                 raise SpecError(f"space.{p.name}.when.{dep}: {dep} is {quote(fixed)} ({where}) in every trial, "
@@ -541,7 +291,7 @@ def condition_order(params: dict[str, Param]) -> list[Param]:
 
 
 def _val_metrics(study: Study) -> set[str]:
-    cols: set[str] = set(study.base.get("val_columns", _DEFAULTS["val_columns"]))
+    cols: set[str] = set(study.base.get("val_columns", DEFAULTS["val_columns"]))
     p = study.params.get("val_columns")
     if p is not None:
         for v in p.values:
@@ -554,9 +304,9 @@ def build_study(raw: Any, text: str = "", source: str | None = None) -> Study:
     if not isinstance(raw, Mapping):
         raise SpecError(f"spec: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        model = _StudyModel.model_validate(dict(raw))
+        model = StudyModel.model_validate(dict(raw))
     except ValidationError as exc:
-        raise _pydantic_error(exc) from None
+        raise pydantic_error(exc) from None
 
     # base (+ evaluation) → one TrialConfig: unknown keys and wrong types fail here.
     base = dict(model.base)
@@ -572,16 +322,16 @@ def build_study(raw: Any, text: str = "", source: str | None = None) -> Study:
             try:
                 base[k] = parse_budget(base[k], k)
             except ConfigError as exc:
-                raise SpecError(_one_line(f"base.{exc}")) from None
+                raise SpecError(one_line(f"base.{exc}")) from None
     try:
         cfg = TrialConfig.from_dict(base)
     except ConfigError as exc:
         msg = str(exc)
         for key, target in (("columns", "eval_columns"), ("test_subset", "test_subset")):
             if msg.startswith(f"{target}:") and getattr(ev, key) is not None:
-                raise SpecError(_one_line(f"evaluation.{key}:{msg[len(target) + 1:]}")) from None
-        raise SpecError(_one_line(f"base.{msg}")) from None
-    base = {k: _jsonable(getattr(cfg, k)) for k in base}
+                raise SpecError(one_line(f"evaluation.{key}:{msg[len(target) + 1:]}")) from None
+        raise SpecError(one_line(f"base.{msg}")) from None
+    base = {k: jsonable(getattr(cfg, k)) for k in base}
     if model.resources.gpu > 0 and cfg.device == "cpu":
         raise SpecError(f"resources.gpu: {model.resources.gpu} GPU per trial but base.device is 'cpu'")
     if model.resources.gpu == 0 and cfg.device.startswith("cuda"):
@@ -658,112 +408,3 @@ def build_study(raw: Any, text: str = "", source: str | None = None) -> Study:
     return study
 
 
-# --------------------------------------------------------------------------- loading
-def shipped_studies() -> list[str]:
-    """Names of the studies shipped in the `search_spaces` package."""
-    root = importlib.resources.files("search_spaces")
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def _decode(data: bytes, source: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{source}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                        f"save the study as UTF-8") from None
-
-
-def _read(path_or_name: str | os.PathLike) -> tuple[str, str]:
-    p = Path(path_or_name)
-    if p.is_file():
-        return _decode(p.read_bytes(), str(p)), str(p)
-    name = str(path_or_name)
-    if re.fullmatch(r"[A-Za-z0-9_-]+(\.yaml)?", name):
-        res = importlib.resources.files("search_spaces") / (name if name.endswith(".yaml") else name + ".yaml")
-        if res.is_file():
-            return res.read_text(encoding="utf-8"), f"search_spaces/{res.name}"
-    if p.exists():
-        raise SpecError(f"{p}: is not a file")
-    raise FileNotFoundError(f"{p}: no such study file (shipped studies: {', '.join(shipped_studies())})")
-
-
-# A study is a few hundred YAML nodes; aliases may share a block but not multiply it: past
-# this many nodes with every alias expanded, the document is refused before anything reads
-# it (a few hundred bytes of nested aliases expand to gigabytes; docs/reliability.md).
-YAML_NODE_BUDGET = 20_000
-
-
-def _yaml_error(source: str, node: Any, msg: str) -> SpecError:
-    mark = getattr(node, "start_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return SpecError(_one_line(f"{source}: {msg}{where}"))
-
-
-def _check_yaml_tree(root: Any, source: str) -> None:
-    """Refuse alias expansion beyond the budget (or a recursive alias), duplicate mapping keys
-    and non-finite numbers, on the composed node graph, before it is constructed."""
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        nid = id(node)
-        if done:
-            active.discard(nid)
-            kids = ([c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode)
-                    else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
-            sizes[nid] = min(YAML_NODE_BUDGET + 1, 1 + sum(sizes[id(c)] for c in kids))
-            if sizes[nid] > YAML_NODE_BUDGET:
-                raise _yaml_error(source, node, f"more than {YAML_NODE_BUDGET:,} YAML nodes once aliases are "
-                                                f"expanded (an alias bomb?)")
-            continue
-        if nid in sizes:
-            continue
-        if nid in active:
-            raise _yaml_error(source, node, "a recursive YAML alias (a value that contains itself)")
-        if isinstance(node, yaml.ScalarNode):
-            if node.tag == "tag:yaml.org,2002:float":
-                v = yaml.SafeLoader.construct_yaml_float(yaml.SafeLoader(""), node)
-                if not math.isfinite(v):
-                    raise _yaml_error(source, node, f"non-finite number {quote(node.value)}")
-            sizes[nid] = 1
-            continue
-        active.add(nid)
-        stack.append((node, True))
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[str, Any] = {}
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
-                    if k.value in seen:
-                        raise _yaml_error(source, k, f"duplicate key {quote(k.value)} (first at line "
-                                                     f"{seen[k.value].start_mark.line + 1})")
-                    seen[k.value] = k
-                stack += [(k, False), (v, False)]
-        else:
-            stack += [(c, False) for c in node.value]
-
-
-def parse_yaml(text: str, source: str = "spec") -> Any:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_yaml_tree(node, source)
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(_one_line(f"{source}: YAML syntax error{where}: {shorten(problem, 200)}")) from None
-    finally:
-        loader.dispose()
-
-
-def load_spec(path_or_name: str | os.PathLike) -> Study:
-    """Load and validate a study from a YAML file or a shipped study name ("smoke")."""
-    text, source = _read(path_or_name)
-    raw = parse_yaml(text, source)
-    if raw is None:
-        raise SpecError(f"{source}: the file is empty")
-    return build_study(raw, text=text, source=source)

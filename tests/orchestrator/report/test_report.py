@@ -1,4 +1,5 @@
-"""`l2lda-tune report` on a tiny MLflow study (issue 5)."""
+"""`l2lda-tune report` (orchestrator/report/): a tiny MLflow study, paired comparisons by hand, and the
+defense registry deciding Table 1."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.artifacts import write_matrix_parquet
-from orchestrator.report import ReportError, make_report, report_command
+from orchestrator.report.build import make_report, report_command
+from orchestrator.report.collect import ReportError
 
 
 def _log_trial(client, exp_id, tmp_path, defense, seed, acc, flags=(), recursive=True, extra=None, collapsed=False):
@@ -187,7 +189,7 @@ def test_paired_section_hand_computed(tmp_path):
 
 
 def test_paired_refuses_different_test_points_and_ambiguous_seeds(tmp_path):
-    from orchestrator.report import compare_rows
+    from orchestrator.report.paired import compare_rows
 
     recs = [_rec("plain", 0, 5), _rec("pgd10_at", 0, 10, points=range(100, 100 + N))]
     written = make_report(recs, tmp_path, "mismatch")
@@ -199,7 +201,7 @@ def test_paired_refuses_different_test_points_and_ambiguous_seeds(tmp_path):
 
 
 def test_pipeline_footnote_only_when_rows_were_trained_differently():
-    from orchestrator.report import pipeline_note
+    from orchestrator.report.tables import pipeline_note
 
     def rec(defense, augment, clip):
         return {"params": {"defense": defense, "augment": str(augment), "clf_grad_clip": str(clip),
@@ -277,3 +279,29 @@ def test_trades_and_mart_are_table2_rows_like_any_defense(tmp_path):
     assert "| 55.0 ±" in rows["trades"] and "| 60.0 ±" in rows["mart"]  # worst case: 11 and 12 of 20 points
     pairs = {(e["a"], e["b"]) for e in written["paired_comparisons"] if e["table"] == "table2"}
     assert any("trades" in p for p in pairs) and any("mart" in p for p in pairs)
+
+
+def test_table1_rows_and_flags_come_from_the_defense_registry(tmp_path, monkeypatch):
+    """Which defenses Table 1 holds, which flags name the ablated one's rows and what the
+    reference rows are called are facts of the defense entries, plug-ins' included."""
+    import dataclasses
+
+    from trainable.defenses.registry import DEFENSES
+
+    recs = _synthetic() + [_rec("fgsm_rs_at", s, 12) for s in (0, 1)]  # the example plug-in's defense
+    t1 = lambda w: {c["row"] for c in pq.read_table(w["tables"]["table1"]).to_pylist()}  # noqa: E731
+    assert t1(make_report(recs, tmp_path / "a", "s")) == {"R=✓ D=✓", "R=✗ D=✓", "R=✓ D=✗", "R=✗ D=✗"}
+    # the plug-in's entry puts it in Table 1 under its own name: one reference row, paired with the ablation
+    entry = dataclasses.replace(DEFENSES["fgsm_rs_at"], tables=("table1", "table2"), label="FGSM-RS")
+    monkeypatch.setitem(DEFENSES._entries, "fgsm_rs_at", entry)
+    written = make_report(recs, tmp_path / "b", "s")
+    assert t1(written) == {"R=✓ D=✓", "R=✗ D=✓", "R=✓ D=✗", "R=✗ D=✗", "FGSM-RS"}
+    assert _pair(written["paired_comparisons"], "table1", "R=✓ D=✓", "FGSM-RS")["differs"] == "defense"
+    # L2L-DA's entry ablating only `recursive`: diversity no longer names a row of Table 1, nor of Table 2
+    l2lda = dataclasses.replace(DEFENSES["l2lda"], ablation=(("recursive", "R"),))
+    monkeypatch.setitem(DEFENSES._entries, "l2lda", l2lda)
+    written = make_report(_synthetic(), tmp_path / "c", "s")
+    md = (tmp_path / "c" / "report.md").read_text()
+    assert "## Table 1 — ablation of L2L-DA" in md
+    assert t1(written) == {"R=✓ (diversity=True)", "R=✗ (diversity=True)", "R=✓ (diversity=False)",
+                           "R=✗ (diversity=False)"}
