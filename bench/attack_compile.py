@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from bench.common import interleaved, set_threads  # noqa: E402
-from trainable.attacks.gradient import frozen_params  # noqa: E402
+from trainable.attacks.primitives import frozen_params  # noqa: E402
 from trainable.generators.rollout import ce_and_input_gradient, ce_and_input_gradient_functional  # noqa: E402
 from trainable.models import build_classifier  # noqa: E402
 

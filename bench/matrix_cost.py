@@ -36,7 +36,8 @@ import torch.nn.functional as F  # noqa: E402
 from bench.common import set_threads, trained_experiment  # noqa: E402
 from orchestrator.evaluate import profile_overrides  # noqa: E402
 from trainable.attacks.registry import COLUMNS  # noqa: E402
-from trainable.evaluation.matrix import EvalContext, robustness_matrix  # noqa: E402
+from trainable.attacks.primitives import EvalContext  # noqa: E402
+from trainable.evaluation.matrix import robustness_matrix  # noqa: E402
 
 # The composite columns (each the worst case over its stages), from the column registry.
 COMPOSITE_COLUMNS = {n: e.stages for n, e in COLUMNS.items() if e.stages}

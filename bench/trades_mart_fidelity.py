@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainable.config import TrialConfig
-from trainable.evaluation import EvalContext, robustness_matrix
+from trainable.attacks.primitives import EvalContext
+from trainable.evaluation import robustness_matrix
 from trainable.experiment.loop import Experiment
 from trainable.models import build_classifier
 

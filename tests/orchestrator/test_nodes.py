@@ -183,7 +183,7 @@ def test_remote_checkpoints_are_queued_for_a_logged_model():
 def test_a_trial_reports_its_device_and_names_itself_on_out_of_memory(tmp_path, monkeypatch):
     import ray.tune.trainable.trainable as ray_trainable
 
-    from trainable.experiment import resources as res
+    from trainable.training import resources as res
     from trainable.trainable import L2LDATrainable
 
     monkeypatch.setattr(ray_trainable, "DEFAULT_STORAGE_PATH", str(tmp_path / "ray_results"))
