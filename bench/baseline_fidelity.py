@@ -21,15 +21,19 @@ import argparse
 import os
 import time
 
-import torch
-import torch.nn.functional as F
+import sys
+from pathlib import Path
 
-from trainable.config import TrialConfig
-from trainable.data import load_dataset
-from trainable.attacks.primitives import EvalContext
-from trainable.evaluation import robustness_matrix
-from trainable.models import build_classifier
-from trainable.experiment.loop import Experiment
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: `bench` as a package
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from trainable.config import TrialConfig  # noqa: E402
+from trainable.data import load_dataset  # noqa: E402
+from trainable.models import build_classifier  # noqa: E402
+from trainable.experiment.loop import Experiment  # noqa: E402
+from bench.common import accuracy_under  # noqa: E402
 
 EPS = 0.3
 COLUMNS = ("natural", "pgd10", "pgd100")
@@ -90,11 +94,7 @@ def tool_run(clean: int, adv: int, cache_dir: str, seed: int = 0):
 
 
 def evaluate(model, exp: Experiment) -> dict[str, float]:
-    idx = torch.as_tensor(exp.test_idx)
-    x, y = exp.data.test_x[idx], exp.data.test_y[idx]
-    ctx = EvalContext(cfg=exp.cfg, data=exp.data, device=exp.device, seed=0)
-    res = robustness_matrix(model, x, y, columns=COLUMNS, eps=EPS, ctx=ctx, indices=exp.test_idx, masking=False)
-    return {c: res.metrics[f"matrix/{c}"] for c in COLUMNS}
+    return accuracy_under(model, exp, COLUMNS, EPS)
 
 
 def main() -> None:

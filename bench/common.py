@@ -10,7 +10,9 @@ from typing import Callable
 
 import torch
 
+from trainable.attacks.primitives import EvalContext
 from trainable.config import TrialConfig
+from trainable.evaluation import robustness_matrix
 from trainable.experiment.loop import Experiment
 
 CACHE = Path(os.environ.get("L2LDA_BENCH_CACHE", ".cache/l2lda-tune/bench"))
@@ -47,3 +49,13 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
 def set_threads(n: int) -> None:
     torch.set_num_threads(n)
     print(f"[bench] torch threads: {torch.get_num_threads()}")
+
+
+def accuracy_under(model: torch.nn.Module, exp: Experiment, columns: tuple[str, ...], eps: float) -> dict[str, float]:
+    """Accuracy (a fraction) of `model` under each column on `exp`'s fixed test points, no masking checks:
+    how the fidelity benches score the tool's model and their reference loop's alike."""
+    idx = torch.as_tensor(exp.test_idx)
+    x, y = exp.data.test_x[idx], exp.data.test_y[idx]
+    ctx = EvalContext(cfg=exp.cfg, data=exp.data, device=exp.device, seed=0)
+    res = robustness_matrix(model, x, y, columns=columns, eps=eps, ctx=ctx, indices=exp.test_idx, masking=False)
+    return {c: res.metrics[f"matrix/{c}"] for c in columns}

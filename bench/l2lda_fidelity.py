@@ -34,18 +34,21 @@ import argparse
 import os
 import statistics
 import time
+import sys
 from collections import defaultdict, deque
+from pathlib import Path
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch import Tensor
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: `bench` as a package
 
-from trainable.config import TrialConfig
-from trainable.generators import losses
-from trainable.attacks.primitives import EvalContext
-from trainable.evaluation import robustness_matrix
-from trainable.experiment.loop import Experiment
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from trainable.config import TrialConfig  # noqa: E402
+from trainable.generators import losses  # noqa: E402
+from trainable.experiment.loop import Experiment  # noqa: E402
+from bench.common import accuracy_under  # noqa: E402
 
 EPS, STEP_FRAC, LAM, Z_DIM = 0.3, 0.25, 0.02, 8
 COLUMNS = ("natural", "pgd10", "pgd100")
@@ -275,11 +278,7 @@ def _progress(who: str, it: int, total: int, t0: float) -> None:
 
 
 def evaluate(model: nn.Module, exp: Experiment) -> dict[str, float]:
-    idx = torch.as_tensor(exp.test_idx)
-    x, y = exp.data.test_x[idx], exp.data.test_y[idx]
-    ctx = EvalContext(cfg=exp.cfg, data=exp.data, device=exp.device, seed=0)
-    res = robustness_matrix(model, x, y, columns=COLUMNS, eps=EPS, ctx=ctx, indices=exp.test_idx, masking=False)
-    return {c: 100 * res.metrics[f"matrix/{c}"] for c in COLUMNS}
+    return {c: 100 * v for c, v in accuracy_under(model, exp, COLUMNS, EPS).items()}
 
 
 def main() -> None:

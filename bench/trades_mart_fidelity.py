@@ -36,16 +36,20 @@ import os
 import statistics
 import time
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch import Tensor
+import sys
+from pathlib import Path
 
-from trainable.config import TrialConfig
-from trainable.attacks.primitives import EvalContext
-from trainable.evaluation import robustness_matrix
-from trainable.experiment.loop import Experiment
-from trainable.models import build_classifier
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: `bench` as a package
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from trainable.config import TrialConfig  # noqa: E402
+from trainable.experiment.loop import Experiment  # noqa: E402
+from trainable.models import build_classifier  # noqa: E402
+from bench.common import accuracy_under  # noqa: E402
 
 EPS, STEPS, STEP = 0.3, 40, 0.01  # both sources' MNIST inner maximisation (--eps scales the step: ε/30)
 BETA = {"trades": 1.0, "mart": 6.0}  # TRADES' MNIST script; MART's default script
@@ -147,11 +151,7 @@ def _progress(who: str, it: int, total: int, t0: float, loss: Tensor) -> None:
 
 
 def evaluate(model: nn.Module, exp: Experiment) -> dict[str, float]:
-    idx = torch.as_tensor(exp.test_idx)
-    x, y = exp.data.test_x[idx], exp.data.test_y[idx]
-    ctx = EvalContext(cfg=exp.cfg, data=exp.data, device=exp.device, seed=0)
-    res = robustness_matrix(model, x, y, columns=COLUMNS, eps=EPS, ctx=ctx, indices=exp.test_idx, masking=False)
-    return {c: 100 * res.metrics[f"matrix/{c}"] for c in COLUMNS}
+    return {c: 100 * v for c, v in accuracy_under(model, exp, COLUMNS, EPS).items()}
 
 
 def main() -> None:
