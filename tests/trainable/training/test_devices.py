@@ -112,7 +112,7 @@ def test_bad_warmup_cache_is_discarded_whole_never_half_applied(tmp_path):
 def test_cache_temporary_names_differ_across_nodes_with_one_pid(tmp_path, monkeypatch):
     """Temporary files were named by pid only: two nodes (or containers) with the same pid
     writing into one shared cache wrote the same temporary file."""
-    from trainable.attacks import transfer
+    from trainable.training import surrogates
 
     cfg = _cfg(tmp_path / "cache")
     a = Experiment(cfg, use_cache=False)
@@ -125,12 +125,12 @@ def test_cache_temporary_names_differ_across_nodes_with_one_pid(tmp_path, monkey
     cache.save(a)
     assert len(written) == 2 and written[0] != written[1]
     dirs: list[str] = []
-    real_state = transfer.save_state
-    monkeypatch.setattr(transfer, "save_state", lambda d, *a, **k: (dirs.append(os.path.basename(str(d))),
+    real_state = surrogates.save_state
+    monkeypatch.setattr(surrogates, "save_state", lambda d, *a, **k: (dirs.append(os.path.basename(str(d))),
                                                                     real_state(d, *a, **k)))
     tiny = _cfg(tmp_path / "c1", defense="plain", warmup=0, iterations=2, transfer_iterations=2)
-    transfer.train_surrogate(tiny, "plain")
-    transfer.train_surrogate(tiny.replace(cache_dir=str(tmp_path / "c2")), "plain")
+    surrogates.train_surrogate(tiny, "plain")
+    surrogates.train_surrogate(tiny.replace(cache_dir=str(tmp_path / "c2")), "plain")
     assert len(dirs) == 2 and dirs[0] != dirs[1]
 
 
