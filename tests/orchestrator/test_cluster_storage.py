@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from _loopback_cluster import NODE_IP, start_loopback_cluster
 from _ray_fixtures import REPO, mlflow_runs, run_cli
-from test_cluster import NODE_IP, start_loopback_cluster
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,9 @@ import urllib.request
 
 import pytest
 
-from test_cli import invoke, no_run  # noqa: F401
-from test_round_two import refused, spec_file, tree
+from _cli import refused
+from _files import tree
+from _specs import spec_file
 
 pytestmark = pytest.mark.slow
 
