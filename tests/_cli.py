@@ -56,7 +56,7 @@ BAD_CLI_CASES = [
     (["--space", "{spec}"], "name: t\nbase: {dataset: svhn}\nspace: {seed: 0}\n", "base.dataset: unknown dataset 'svhn'"),
     (["--space", "{spec}"], "name: t\nspace: {seed: 0}\nevaluation: {columns: [natural, deepfool]}\n",
      "evaluation.columns: unknown attack column 'deepfool'"),
-    (["--space", "{spec}"], "name: t\nspace: {defense: {grid: [plain, trades]}}\n", "space.defense.grid[1]: unknown defense"),
+    (["--space", "{spec}"], "name: t\nspace: {defense: {grid: [plain, madry]}}\n", "space.defense.grid[1]: unknown defense"),
     (["--space", "{spec}"], "name: t\nspace: {}\n", "space: is empty"),
     (["--space", "{spec}"], "name: t\nspace: {lr: {choice: [0.1, 0.01]}}\nsearch: {type: optuna, metric: [val/natural, "
      "val/worst]}\nscheduler: {type: asha}\n", "scheduler.type: ASHA takes one metric"),
