@@ -29,6 +29,6 @@ def test_recovered_trial_keeps_one_run_and_names_its_checkpoint(store, tiny_run,
     run = children["k0001"]
     assert len(children) == 1 and run.info.status == "FINISHED"
     assert run.data.tags["restored_from"] == ckpt and run.data.tags["num_failures"] == "1"
-    assert run.data.tags["last_failure"].startswith("ray.exceptions.ActorDiedError")
+    assert run.data.tags["last_failure"].startswith("ActorDiedError: ")
     for key in ("iteration", "val/natural", "train/loss"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
