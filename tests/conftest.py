@@ -1,7 +1,10 @@
-"""Session-wide test set-up: quiet, loopback-only, shared caches of trained models.
+"""Session-wide test set-up: quiet, loopback-only, shared caches of trained models, and the
+fixtures tests in several folders use.
 
 Trained models are expensive on 2 CPU cores, so each one is trained once per test
-session (and warm-ups are cached on disk under the session's cache dir).
+session (and warm-ups are cached on disk under the session's cache dir). Helpers that are not
+fixtures live in the ``tests/_*.py`` modules, which tests import by name (pytest puts tests/
+on ``sys.path`` for this file); a test module never imports from another test module.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import pytest
 import torch
 
 from _plugins import use_plugin
+from _ray_fixtures import ray_session  # noqa: F401,E402  (fixture: one local Ray per session)
+from _s3 import s3  # noqa: F401,E402  (fixture: an S3 server on loopback)
 
 # The example plug-in (tests/plugins/) is part of every registry for the whole session: the
 # contract suites run over its entries like ours (before any registry is read, before Ray starts).
@@ -62,6 +67,56 @@ def mnist5k():
     from trainable.data import load_dataset
 
     return load_dataset("mnist5k")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir):
+    """(config, [step results], checkpoint dir) of a real 30-iteration plain LeNet-5 trial: what the
+    fake trials of tests/_fake_runs.py replay."""
+    from trainable.experiment.loop import Experiment
+    from trainable.training.resources import set_threads
+
+    set_threads(1)
+    config = dict(dataset="mnist5k", defense="plain", warmup=0, iterations=30, steps_per_report=10,
+                  test_subset=100, val_subset=50, eval_columns=["natural", "fgsm"], val_columns=["natural", "fgsm"],
+                  cache_dir=cache_dir, threads=1, seed=0, lr=0.05)
+    exp = Experiment(TrialConfig.from_dict(config))
+    results = []
+    while not exp.done:
+        results.append(exp.step())
+    ckpt = tmp_path_factory.mktemp("ray") / "trial0" / "checkpoint_000003"
+    exp.save(ckpt)
+    assert "matrix" in results[-1] and results[-1]["done"]
+    return config, results, str(ckpt)
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    """One sqlite store per session (creating MLflow's schema takes seconds); tests use
+    their own experiments in it."""
+    from orchestrator.tracking import make_client
+
+    d = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{d}/mlflow.db"
+    make_client(uri).search_experiments()  # create the schema once
+    return uri
+
+
+@pytest.fixture
+def no_run(monkeypatch, tmp_path):
+    """The CLI in a fresh working directory where starting Ray or a sweep is a test failure."""
+    from orchestrator.sweep import connect
+    from orchestrator.sweep import run as runner
+
+    def forbidden(*a, **k):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(connect, "init_ray", forbidden)
+    monkeypatch.setattr(runner, "run_study", forbidden)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture(autouse=True)

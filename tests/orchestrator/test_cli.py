@@ -8,38 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from _cli import BAD_CLI_CASES, invoke
 from _ray_fixtures import cli_env, run_cli
-from orchestrator import cli as cli_mod
 from orchestrator.sweep import connect, storage
-from orchestrator.sweep import run as runner
 from orchestrator.spec.load import shipped_studies
-
-GOOD = """\
-name: good
-base: {dataset: mnist5k, iterations: 2, warmup: 1, steps_per_report: 2}
-space: {defense: {grid: [plain, fgsm_at]}}
-"""
-
-
-@pytest.fixture
-def no_run(monkeypatch, tmp_path):
-    """The CLI in a fresh working directory where starting Ray or a sweep is a test failure."""
-    def forbidden(*a, **k):
-        raise AssertionError("Ray was started")
-
-    monkeypatch.setattr(connect, "init_ray", forbidden)
-    monkeypatch.setattr(runner, "run_study", forbidden)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def invoke(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        cli_mod.main(argv)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def _sweep_dir(path: Path) -> None:
@@ -48,50 +20,8 @@ def _sweep_dir(path: Path) -> None:
     (path / "experiment_state-2026.json").write_text("{}")
 
 
-# Each case: (argv with {spec}/{tmp} placeholders, YAML written to {spec} or None, expected message part)
-CASES = [
-    (["--space", "{spec}"], "name: t\nbase: {eps: 0.3\n", "YAML syntax error at line"),
-    (["--space", "{spec}"], "name: t\nbase: {epsilon: 0.3}\nspace: {seed: 0}\n", "base.epsilon: unknown config key"),
-    (["--space", "{spec}"], "name: t\nbase: {eps: 1.5}\nspace: {seed: 0}\n", "base.eps: must be in (0, 1]"),
-    (["--space", "{spec}"], "name: t\nspace: {T: {grid: [0, 10]}}\n", "space.T.grid[0]: must be >= 1"),
-    (["--space", "{spec}"], "name: t\nspace: {lam: {choice: [-0.1, 0.1]}}\nsearch: {type: random}\n",
-     "space.lam.choice[0]: must be >= 0"),
-    (["--space", "{spec}"], "name: t\nbase: {dataset: svhn}\nspace: {seed: 0}\n", "base.dataset: unknown dataset 'svhn'"),
-    (["--space", "{spec}"], "name: t\nspace: {seed: 0}\nevaluation: {columns: [natural, deepfool]}\n",
-     "evaluation.columns: unknown attack column 'deepfool'"),
-    (["--space", "{spec}"], "name: t\nspace: {defense: {grid: [plain, trades]}}\n", "space.defense.grid[1]: unknown defense"),
-    (["--space", "{spec}"], "name: t\nspace: {}\n", "space: is empty"),
-    (["--space", "{spec}"], "name: t\nspace: {lr: {choice: [0.1, 0.01]}}\nsearch: {type: optuna, metric: [val/natural, "
-     "val/worst]}\nscheduler: {type: asha}\n", "scheduler.type: ASHA takes one metric"),
-    (["--space", "{spec}"], "name: t\nspace: {seed: 0}\nsearch: {metric: matrix/pgd100}\n",
-     "search.metric: 'matrix/pgd100' is not a validation metric"),
-    (["--space", "{spec}"], "name: t\nspace: {seed: 0}\nresources: {gpu: 2.5}\n", "resources.gpu: a share above 1"),
-    (["--space", "{spec}", "--gpus-per-trial", "-1"], GOOD, "resources.gpu: must be 0, a fraction"),
-    (["--space", "{spec}", "--gpus-per-trial", "1.5"], GOOD, "resources.gpu: a share above 1 must be a whole number"),
-    (["--space", "{spec}", "--num-samples", "0"], GOOD, "search.num_samples: must be >= 1"),
-    (["--space", "{spec}", "--max-concurrent", "0"], GOOD, "search.max_concurrent: must be >= 1"),
-    (["--space", "{spec}", "--cpus-per-trial", "0"], GOOD, "resources.cpu: must be > 0"),
-    (["--space", "{spec}", "--num-samples", "many"], GOOD, "Invalid value for '--num-samples'"),
-    (["--space", "{tmp}/missing.yaml"], None, "missing.yaml: no such study file"),
-    (["--space", "{tmp}"], None, "is not a file"),
-    (["--space", "{spec}", "--storage", "{tmp}/afile/runs"], GOOD, "--storage: cannot create"),
-    (["--space", "{spec}", "--tracking-uri", "http://127.0.0.1:9"], GOOD, "MLflow server http://127.0.0.1:9 is unreachable"),
-    (["--space", "{spec}", "--tracking-uri", "file:///{tmp}/mlruns"], GOOD, "MLflow's file store is refused"),
-    (["--space", "{spec}", "--tracking-uri", "sqlite:///{tmp}/afile/mlflow.db"], GOOD, "cannot create directory"),
-    (["--space", "{spec}", "--resume"], GOOD, "--resume: no sweep of study 'good'"),
-    (["--space", "{spec}", "--resume", "--name", "nosuch"], GOOD, "is not a sweep directory"),
-    (["--space", "{spec}", "--name", "taken"], GOOD, "already holds a sweep; pass --resume"),
-    (["--space", "{spec}", "--resume", "--dry-run"], GOOD, "--resume and --dry-run: choose one"),
-    (["--space", "{spec}", "--name", "a/b"], GOOD, "--name: 'a/b' must be a plain directory name"),
-    (["--space", "{spec}"], "name: t\nbase: {dataset: cifar10, data_root: '{tmp}/nodata'}\nspace: {seed: 0}\n",
-     "dataset 'cifar10' not found or incomplete"),
-    ([], None, "--space is required"),
-    (["--space", "{spec}", "export", "--experiment", "x", "--out", "y"], GOOD, "do not go with `export`"),
-    (["eval"], None, "eval: give exactly one of --checkpoint or --export"),
-]
-
-
-@pytest.mark.parametrize("argv,yaml_text,expected", CASES, ids=[f"{i}-{c[2][:30]}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("argv,yaml_text,expected", BAD_CLI_CASES,
+                         ids=[f"{i}-{c[2][:30]}" for i, c in enumerate(BAD_CLI_CASES)])
 def test_bad_input_is_one_line_exit_2_nothing_started(argv, yaml_text, expected, no_run, capsys):
     tmp = no_run
     (tmp / "afile").write_text("a regular file where a directory is needed")
@@ -111,7 +41,7 @@ def test_bad_input_is_one_line_exit_2_nothing_started(argv, yaml_text, expected,
 
 
 def test_at_least_fifteen_distinct_bad_inputs():
-    assert len({c[2] for c in CASES}) >= 15
+    assert len({c[2] for c in BAD_CLI_CASES}) >= 15
 
 
 @pytest.mark.parametrize("name", shipped_studies())

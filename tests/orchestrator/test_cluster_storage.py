@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from _loopback_cluster import NODE_IP, start_loopback_cluster
 from _ray_fixtures import REPO, mlflow_runs, run_cli
-from test_cluster import NODE_IP, start_loopback_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -49,37 +49,20 @@ def _namespace_wrap(hidden: Path) -> list[str] | None:
     return wrap if ok else None
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    pytest.importorskip("moto.server")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="l2lda")
-    yield env
-    server.stop()
-
-
-def test_two_nodes_s3_storage_logged_model_export_and_unseen_local_storage(tmp_path, s3_server):
+def test_two_nodes_s3_storage_logged_model_export_and_unseen_local_storage(tmp_path, s3):
     driver, worker, hidden = tmp_path / "driver", tmp_path / "worker", tmp_path / "hidden"
     for d in (driver, worker, hidden):
         d.mkdir()
     wrap = _namespace_wrap(hidden)
     t0 = time.monotonic()
     # The head holds no CPU for trials: the trial runs on the worker node, in its own working directory.
-    with start_loopback_cluster(tmp_path, head_cpus=0, worker_cwd=worker, worker_wrap=wrap, **s3_server) as c:
+    with start_loopback_cluster(tmp_path, head_cpus=0, worker_cwd=worker, worker_wrap=wrap, **s3) as c:
         spec = driver / "s3.yaml"
         spec.write_text(SPEC.format(name="cluster-s3"))
         db = driver / "mlflow.db"
         p = run_cli("--space", str(spec), "--address", c["address"], "--storage", "s3://l2lda/runs",
                     "--name", "s3sweep", "--tracking-uri", f"sqlite:///{db}", cwd=driver, timeout=600,
-                    RAY_AUTH_MODE="disabled", **s3_server)
+                    RAY_AUTH_MODE="disabled", **s3)
         assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
         runs = mlflow_runs(db, "cluster-s3")
         (child,) = [r for r in runs if r.data.tags.get("role") == "trial"]
@@ -98,7 +81,7 @@ def test_two_nodes_s3_storage_logged_model_export_and_unseen_local_storage(tmp_p
         assert str(getattr(model.status, "name", model.status)).endswith("READY"), model.status
 
         e = run_cli("export", "--experiment", "cluster-s3", "--out", str(driver / "best"),
-                    "--tracking-uri", f"sqlite:///{db}", cwd=driver, timeout=300, **s3_server)
+                    "--tracking-uri", f"sqlite:///{db}", cwd=driver, timeout=300, **s3)
         assert e.returncode == 0, e.stdout[-3000:] + e.stderr[-3000:]
         meta = json.loads((driver / "best" / "export.json").read_text())
         assert meta["checkpoint"]["path"].startswith("s3://l2lda/runs/s3sweep/")
@@ -111,7 +94,7 @@ def test_two_nodes_s3_storage_logged_model_export_and_unseen_local_storage(tmp_p
         if wrap is not None:  # the worker node sees an empty folder at `hidden`
             p2 = run_cli("--space", str(spec), "--address", c["address"], "--storage", str(hidden / "runs"),
                          "--name", "unseen", "--tracking-uri", f"sqlite:///{driver / 'mlflow2.db'}", cwd=driver,
-                         timeout=300, RAY_AUTH_MODE="disabled", **s3_server)
+                         timeout=300, RAY_AUTH_MODE="disabled", **s3)
             err = p2.stderr.strip().splitlines()
             assert p2.returncode == 2, p2.stdout[-3000:] + p2.stderr[-3000:]
             assert err and err[-1].startswith(f"l2lda-tune: error: node {NODE_IP}"), p2.stderr[-2000:]

@@ -10,24 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from _fake_runs import fake_trial_run, make_sweep, runs_of
+from _hostile_pickles import Payload, hostile_checkpoint
 from orchestrator.evaluate import EvalError, eval_command
 from orchestrator.export import ExportError, export_command
 from orchestrator.tracking import TrackingUnavailable, make_client
 from trainable.weights.checkpoint import CheckpointError
 from trainable.weights.export_dir import (CLASSIFIER_FILE, GENERATOR_FILE, load_checkpoint_modules, load_export,
                                  load_export_generator, load_state_dict_file)
-
-from test_tracking import make_sweep, runs_of, store, tiny_run  # noqa: F401  (shared session fixtures)
-
-
-class Payload:
-    """Unpickling this creates `marker`: stands for arbitrary code in a hostile checkpoint."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
 
 
 def test_payload_really_runs_under_plain_pickle(tmp_path):
@@ -106,36 +96,20 @@ def test_export_selection_errors(store, exported, tmp_path):
     assert not (tmp_path / "none.db").exists()  # reading never creates a store
 
 
-def _fake_trial_run(uri: str, experiment: str, ckpt: str, status: str = "FINISHED") -> str:
-    client = make_client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    eid = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = client.create_run(eid, tags={"role": "trial", "trial_id": "t1", "checkpoint_path": ckpt})
-    client.log_metric(run.info.run_id, "val/worst", 0.5, step=1)
-    client.set_terminated(run.info.run_id, status)
-    return run.info.run_id
-
-
 def test_no_finished_run_and_missing_checkpoint(store, tmp_path):
-    _fake_trial_run(store, "unit-failed-only", str(tmp_path), status="FAILED")
+    fake_trial_run(store, "unit-failed-only", str(tmp_path), status="FAILED")
     with pytest.raises(ExportError, match="no FINISHED trial run"):
         export_command("unit-failed-only", tmp_path / "x", tracking_uri=store, log=None)
-    _fake_trial_run(store, "unit-gone", str(tmp_path / "deleted"))
+    fake_trial_run(store, "unit-gone", str(tmp_path / "deleted"))
     with pytest.raises(CheckpointError, match="not found"):
         export_command("unit-gone", tmp_path / "x", tracking_uri=store, log=None)
-
-
-def _hostile_checkpoint(src: str, dst: Path, marker: Path) -> Path:
-    shutil.copytree(src, dst)
-    torch.save({"classifier": Payload(str(marker)), "iteration": 1}, dst / "state.pt")
-    return dst
 
 
 def test_pickle_payload_is_refused_everywhere_without_running(store, tiny_run, tmp_path):
     config, results, ckpt = tiny_run
     marker = tmp_path / "pwned"
-    evil = _hostile_checkpoint(ckpt, tmp_path / "evil_ckpt", marker)
-    _fake_trial_run(store, "unit-evil", str(evil))
+    evil = hostile_checkpoint(ckpt, tmp_path / "evil_ckpt", marker)
+    fake_trial_run(store, "unit-evil", str(evil))
     with pytest.raises(CheckpointError, match="pickled objects") as ei:
         export_command("unit-evil", tmp_path / "x", tracking_uri=store, log=None)
     assert "\n" not in str(ei.value)
@@ -203,7 +177,7 @@ def test_generator_export_round_trip(store, cache_dir, tmp_path):
     exp = Experiment(cfg)
     ckpt = tmp_path / "gen_ckpt"
     exp.save(ckpt)
-    _fake_trial_run(store, "unit-gen", str(ckpt))
+    fake_trial_run(store, "unit-gen", str(ckpt))
     export_command("unit-gen", tmp_path / "out", tracking_uri=store, log=None)
     gen = load_export_generator(tmp_path / "out")
     assert not gen.training

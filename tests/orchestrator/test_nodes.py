@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from _ray_fixtures import ray_session  # noqa: F401  (fixture)
-from _s3 import s3  # noqa: F401  (fixture)
 from orchestrator import tune_runner
 from orchestrator.sweep import connect
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from _ray_fixtures import mlflow_runs, ray_session  # noqa: F401  (fixture)
+from _ray_fixtures import mlflow_runs
 from orchestrator.sweep import run as runner
 from orchestrator.spec.study import build_study
 

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from _ray_fixtures import mlflow_runs, ray_session  # noqa: F401  (fixture)
+from _ray_fixtures import mlflow_runs
 from orchestrator.sweep import run as runner
 from orchestrator.spec.study import build_study
 

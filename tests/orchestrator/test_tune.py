@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from _ray_fixtures import cli_cmd, cli_env, mlflow_runs, ray_session, run_cli  # noqa: F401  (fixture)
+from _ray_fixtures import cli_cmd, cli_env, mlflow_runs, run_cli
+from _specs import RESUME_SPECS
 from orchestrator.sweep import run as runner
 from orchestrator.spec.load import load_spec, shipped_studies
 from orchestrator.spec.study import build_study
@@ -198,31 +199,6 @@ def test_smoke_study_end_to_end_through_the_cli(tmp_path):
 
 
 # ---------------------------------------------------------------------- resume
-RESUME_SPECS = {
-    "grid": """\
-name: resumable
-base: {dataset: mnist5k, defense: plain, batch_size: 50, warmup: 0, iterations: 600, steps_per_report: 60,
-       val_subset: 50, val_columns: [natural], cache_dir: CACHE}
-space: {seed: {grid: [0, 1]}}
-search: {type: grid, metric: val/natural, mode: max, max_concurrent: 1}
-resources: {cpu: 1}
-checkpoint: {every: 1, keep: 2}
-evaluation: {columns: [natural, fgsm], test_subset: 20}
-""",
-    # Optuna: the searcher's state must survive, or the resumed sweep would propose new trials.
-    "optuna": """\
-name: resumable
-base: {dataset: mnist5k, defense: plain, batch_size: 50, warmup: 0, iterations: 600, steps_per_report: 60,
-       val_subset: 50, val_columns: [natural], cache_dir: CACHE}
-space: {lr: {loguniform: [0.005, 0.05]}}
-search: {type: optuna, metric: val/natural, mode: max, num_samples: 2, max_concurrent: 1, seed: 3}
-resources: {cpu: 1}
-checkpoint: {every: 1, keep: 2}
-evaluation: {columns: [natural, fgsm], test_subset: 20}
-""",
-}
-
-
 def _trial_children(db: Path) -> list:
     try:
         return [r for r in mlflow_runs(db, "resumable") if r.data.tags.get("role") == "trial"]

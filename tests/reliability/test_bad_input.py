@@ -1,10 +1,10 @@
 """Bad input, table-driven (issue 6 §7), built on the existing tables rather than a third copy:
-tests/orchestrator/test_cli.py's CASES (33 CLI calls, each checked there for exit 2, one line, no Ray, no
-MLflow store) and tests/orchestrator/test_spec.py's BAD_SPECS (51 malformed specs, checked there only as a
-SpecError from ``load_spec``). Here every BAD_SPECS document also goes through the real command
-line — exit 2, exactly one line naming the key, Ray never started, no tracking store, no run
-directory — a few CLI calls the tables lack are added (storage or store that cannot be written),
-and a map checks that every kind of bad input issue 6 names is in the tables.
+tests/_cli.py's BAD_CLI_CASES (33 CLI calls, each checked by tests/orchestrator/test_cli.py for exit 2,
+one line, no Ray, no MLflow store) and tests/_specs.py's BAD_SPECS (61 malformed specs, checked by
+tests/orchestrator/test_spec.py only as a SpecError from ``load_spec``). Here every BAD_SPECS document
+also goes through the real command line — exit 2, exactly one line naming the key, Ray never started,
+no tracking store, no run directory — a few CLI calls the tables lack are added (storage or store that
+cannot be written), and a map checks that every kind of bad input issue 6 names is in the tables.
 """
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import CASES, no_run  # noqa: F401  (fixture: Ray and sweeps forbidden, fresh cwd)
-from test_cli import invoke
-from test_spec import BAD_SPECS
+from _cli import BAD_CLI_CASES, invoke
+from _specs import BAD_SPECS
 
 
 def _check_nothing_started(tmp: Path) -> None:
@@ -98,7 +97,7 @@ KINDS = {
 
 
 def _rows() -> list[tuple[list[str], str, str]]:
-    rows = [(a, y or "", m) for a, y, m in CASES]
+    rows = [(a, y or "", m) for a, y, m in BAD_CLI_CASES]
     rows += [(["--space", "bad.yaml"], y, m) for y, m in BAD_SPECS]
     rows += [(a, GOOD, m) for a, m in EXTRA]
     return rows

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from _ray_fixtures import cli_cmd, cli_env, mlflow_runs, run_cli
+from _specs import RESUME_SPECS  # the resumable Optuna study (2 trials, one at a time, 10 reports each)
 from _faults import children_of, kill_group, steps_of, trial_results, wait_for
-from test_tune import RESUME_SPECS  # the resumable Optuna study (2 trials, one at a time, 10 reports each)
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_cli import invoke
-from test_export import _fake_trial_run
-from test_round_two import tree
+from _cli import invoke
+from _fake_runs import fake_trial_run
+from _files import tree
 from trainable.weights.checkpoint import CheckpointError
 from trainable.weights.export_dir import CLASSIFIER_FILE, load_export
 
@@ -33,7 +33,7 @@ def source(tmp_path_factory):
     ckpt = tmp / "ckpt"
     exp.save(ckpt)
     store = f"sqlite:///{tmp}/mlflow.db"
-    _fake_trial_run(store, "safe", str(ckpt))
+    fake_trial_run(store, "safe", str(ckpt))
     return store, tmp
 
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli as cli_mod
-from test_cli import invoke  # one CLI call in-process: (exit code, stdout, stderr)
-from test_export import Payload, _fake_trial_run, _hostile_checkpoint
-from test_tracking import store, tiny_run  # noqa: F401  (shared session fixtures)
+from _cli import invoke  # one CLI call in-process: (exit code, stdout, stderr)
+from _fake_runs import fake_trial_run
+from _hostile_pickles import Payload, hostile_checkpoint
 from trainable.weights.checkpoint import CheckpointError
 from trainable.experiment.loop import Experiment
 
@@ -33,7 +32,7 @@ def one_line_exit_2(argv: list[str], capsys, expected: str) -> str:
 def evil(tiny_run, tmp_path):
     """A copy of a real checkpoint whose state.pt carries a payload that would create `marker`."""
     marker = tmp_path / "pwned"
-    ckpt = _hostile_checkpoint(tiny_run[2], tmp_path / "evil_ckpt", marker)
+    ckpt = hostile_checkpoint(tiny_run[2], tmp_path / "evil_ckpt", marker)
     yield ckpt, marker
     assert not marker.exists(), "the pickle payload was executed"
 
@@ -49,7 +48,7 @@ def test_cli_eval_and_export_refuse_a_pickle_payload(evil, store, capsys, tmp_pa
     ckpt, marker = evil
     one_line_exit_2(["eval", "--checkpoint", str(ckpt), "--columns", "natural", "--test-subset", "16"], capsys,
                     "carries pickled objects")
-    _fake_trial_run(store, "rel-evil", str(ckpt))
+    fake_trial_run(store, "rel-evil", str(ckpt))
     one_line_exit_2(["export", "--experiment", "rel-evil", "--out", str(tmp_path / "out"), "--tracking-uri", store],
                     capsys, "carries pickled objects")
     assert not (tmp_path / "out" / "classifier.safetensors").exists()

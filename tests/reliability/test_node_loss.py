@@ -1,4 +1,4 @@
-"""Node loss (issue 6 §4): a two-node Ray cluster on loopback (tests/orchestrator/test_cluster.py's
+"""Node loss (issue 6 §4): a two-node Ray cluster on loopback (tests/_loopback_cluster.py's
 `start_loopback_cluster`: head 127.0.0.2, worker 127.0.0.3, one CPU each) runs a 2-trial sweep
 through `l2lda-tune --address`; once the trial on the worker node has checkpointed, that node
 is stopped. Its trial is rescheduled on the head, continues from its checkpoint, and the
@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from _ray_fixtures import cli_cmd, cli_env, mlflow_runs
 from _faults import kill_group, steps_of, tiny_spec, trial_results, wait_for, write_spec
-from test_cluster import HEAD_IP, NODE_IP, _alive_nodes, _stop, start_loopback_cluster
+from _loopback_cluster import HEAD_IP, NODE_IP, alive_nodes, start_loopback_cluster, stop_node
+from _ray_fixtures import cli_cmd, cli_env, mlflow_runs
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +39,8 @@ def test_worker_node_stopped_mid_sweep(tmp_path):
 
             moved, last = wait_for(on_worker_with_checkpoint, 600, "a checkpointed trial on the worker node",
                                    alive=driver)
-            _stop(c["worker"])  # SIGTERM to `ray start --block`'s group, SIGKILL after 30 s
-            assert _alive_nodes(c["address"], c["env"]) == 1
+            stop_node(c["worker"])  # SIGTERM to `ray start --block`'s group, SIGKILL after 30 s
+            assert alive_nodes(c["address"], c["env"]) == 1
             out, _ = driver.communicate(timeout=900)
         finally:
             kill_group(driver)

@@ -4,6 +4,7 @@ HTTP server that is not MLflow, and a server that answers 5xx are one line and e
 anything is created; the server's records are never touched by a refused start."""
 from __future__ import annotations
 
+import contextlib
 import http.server
 import shutil
 import subprocess
@@ -11,11 +12,13 @@ import sys
 import threading
 import time
 import urllib.request
+from typing import Iterator
 
 import pytest
 
-from test_cli import invoke, no_run  # noqa: F401
-from test_round_two import refused, spec_file, tree
+from _cli import refused
+from _files import tree
+from _specs import spec_file
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +74,15 @@ def test_live_server_passes_and_is_opened(mlflow_server):
     assert len(client.search_runs([eid])) == 1
 
 
+@contextlib.contextmanager
+def _http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on loopback answering with `handler`; yields its URL."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
 @pytest.fixture
 def not_mlflow():
     """A plain HTTP server on loopback: /health answers 200, the tracking API 404."""
@@ -84,10 +96,8 @@ def not_mlflow():
         def log_message(self, *a):
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    with _http_server(H) as url:
+        yield url
 
 
 @pytest.fixture
@@ -100,10 +110,8 @@ def broken_server():
         def log_message(self, *a):
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+    with _http_server(H) as url:
+        yield url
 
 
 def test_refused_servers(mlflow_server, not_mlflow, broken_server, no_run, capsys):

@@ -10,7 +10,7 @@
   store is unavailable and once that it is back, and every record is written when it returns.
   A store that never returns costs the queued records with one line at the end: measured here
   while writing this test (244 records, one line) and kept as a fast test in
-  tests/orchestrator/test_tracking.py (test_store_gone_for_good_reports_lost_records_in_one_line).
+  tests/orchestrator/tracking/test_callback.py (test_store_gone_for_good_reports_lost_records_in_one_line).
 """
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from _ray_fixtures import cli_env, free_port, mlflow_runs
+from _cli import invoke
 from _faults import kill_group, tiny_spec, trial_results, wait_for
+from _ray_fixtures import cli_env, free_port, mlflow_runs
 from orchestrator import cli as cli_mod
 from orchestrator.sweep import run as runner
 from orchestrator.spec.study import build_study
-from test_cli import invoke
 
 pytestmark = pytest.mark.slow
 

@@ -120,9 +120,6 @@ def test_trial_posts_matrix_progress_to_the_board(tmp_path, monkeypatch, ray_ses
     assert progress_lines({"abc": old}, {"abc": "t"})[0].startswith("test matrix t: 5/7 fab_t: 0/485 examples, ")
 
 
-from _ray_fixtures import ray_session  # noqa: E402,F401  (fixture)
-
-
 def test_eval_prints_threads_and_a_line_per_column(tiny, tmp_path):
     from _ray_fixtures import run_cli
 
