@@ -1,7 +1,7 @@
 """Frozen copy of the L2L-DA generator step as it was before the fast path (docs/performance.md).
 
 `bench/train_step_cost.py` times it as "today's eager" next to the current implementation,
-and tests/test_fast_path.py checks that the current eager path gives the same losses and
+and tests/trainable/generators/test_kernels.py checks that the current eager path gives the same losses and
 generator updates on a fixed seed. Do not edit: it is the reference the speed-ups are
 measured and checked against.
 
