@@ -65,14 +65,19 @@ def parse_budget(value: Any, key: str = "eps") -> float:
     raise ConfigError(f"{key}: expected a number or a fraction like '8/255', got {quote(value)}")
 
 
+# Fields that say how a trial ran (or which replicate it is), not what was trained: the report never
+# splits a table's rows on them (docs/architecture.md, "Registries and plug-ins").
+HOW = {"identity": False}
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything one trial needs. Budgets are in [0, 1] pixel space (ℓ∞)."""
 
     # --- data ---
     dataset: str = "mnist5k"
-    data_root: str = "data"
-    download: bool = False
+    data_root: str = field(default="data", metadata=HOW)
+    download: bool = field(default=False, metadata=HOW)
     augment: bool | str = "auto"  # auto → the source's choice per defense and dataset; true/false force it
     # --- classifier and defense ---
     model: str | None = None  # None → dataset default (LeNet-5 / ResNet-20)
@@ -103,30 +108,30 @@ class TrialConfig:
     grad_clip: float = 1.0  # grad-norm clip of the generator's (and generator attackers') steps
     clf_grad_clip: float | None = None  # classifier's clip in the training phase; None → per defense, 0 → none
     stop_on_collapse: bool = False  # end training when check/generator_collapsed fires (docs/method.md)
-    seed: int = 0
+    seed: int = field(default=0, metadata=HOW)
     # --- execution ---
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # torch threads; 0 → the CPU share given by the scheduler (or 1)
-    gpu_fraction: float = 0.0  # caps CUDA memory to this share when in (0, 1)
+    device: str = field(default="auto", metadata=HOW)  # auto | cpu | cuda | cuda:N
+    threads: int = field(default=0, metadata=HOW)  # torch threads; 0 → the CPU share given by the scheduler (or 1)
+    gpu_fraction: float = field(default=0.0, metadata=HOW)  # caps CUDA memory to this share when in (0, 1)
     # Execution options of the training step (docs/performance.md); none changes what is computed.
-    compile: bool = False  # torch.compile the rollout's per-step kernels (eager fallback, one line, if unavailable)
-    channels_last: bool = False  # generator and classifier stored NHWC (CPU and CUDA)
-    amp: str | None = None  # "bf16": the generator under bf16 autocast, CUDA only; the classifier's loss stays fp32
-    deterministic: bool = False  # cuDNN deterministic, no autotuning, no TF32, torch's deterministic algorithms (docs/reliability.md)
+    compile: bool = field(default=False, metadata=HOW)  # torch.compile the rollout's per-step kernels (eager fallback, one line, if unavailable)
+    channels_last: bool = field(default=False, metadata=HOW)  # generator and classifier stored NHWC (CPU and CUDA)
+    amp: str | None = field(default=None, metadata=HOW)  # "bf16": the generator under bf16 autocast, CUDA only; the classifier's loss stays fp32
+    deterministic: bool = field(default=False, metadata=HOW)  # cuDNN deterministic, no autotuning, no TF32, torch's deterministic algorithms (docs/reliability.md)
     # --- reporting and evaluation ---
-    steps_per_report: int = 100  # iterations per Tune step()
-    val_subset: int = 200  # fixed validation points for val/ metrics
-    val_columns: tuple[str, ...] = ("natural", "pgd10")
-    eval_columns: tuple[str, ...] = ("natural", "fgsm", "pgd10", "pgd100", "cw100")
-    test_subset: int = 0  # 0 → the whole test split
-    eval_batch_size: int = 500
+    steps_per_report: int = field(default=100, metadata=HOW)  # iterations per Tune step()
+    val_subset: int = field(default=200, metadata=HOW)  # fixed validation points for val/ metrics
+    val_columns: tuple[str, ...] = field(default=("natural", "pgd10"), metadata=HOW)
+    eval_columns: tuple[str, ...] = field(default=("natural", "fgsm", "pgd10", "pgd100", "cw100"), metadata=HOW)
+    test_subset: int = field(default=0, metadata=HOW)  # 0 → the whole test split
+    eval_batch_size: int = field(default=500, metadata=HOW)
     gen_attack_steps: int = 300  # fine-tune steps of generator columns (authors: 48k)
     gen_attack_samples: int = 10  # z draws per example for the l2lda column
     gen_attack_width: int = 0  # 0 → gen_width; width of generators trained for columns
     square_queries: int = 5000
     transfer_iterations: int = 0  # 0 → surrogate training length from `iterations`
-    eps_curve: tuple[float, ...] = ()  # ε values of the test matrix's accuracy-vs-ε PGD curve (() → none)
-    cache_dir: str = ".cache/l2lda-tune"
+    eps_curve: tuple[float, ...] = field(default=(), metadata=HOW)  # ε values of the test matrix's accuracy-vs-ε PGD curve (() → none)
+    cache_dir: str = field(default=".cache/l2lda-tune", metadata=HOW)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -374,3 +379,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 def config_fields() -> list[str]:
     return [f.name for f in fields(TrialConfig)]
+
+
+def identity_fields() -> list[str]:
+    """The fields that say what a trial trained (every field not marked ``HOW``): a report row's identity."""
+    return [f.name for f in fields(TrialConfig) if f.metadata.get("identity", True)]

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from trainable.attacks.registry import table_columns
+from trainable.config import config_fields, identity_fields
 from trainable.training.surrogates import SURROGATES
 from trainable.defenses.registry import DEFENSES
 from trainable.evaluation import binomial_ci
@@ -33,11 +34,9 @@ def table_keys(table: str) -> list[tuple[str, str]]:
 
 
 SURROGATE_LETTERS = tuple(SURROGATES)  # Table 3's columns: the transfer column's surrogates × attacks
-# Params that describe how a trial ran, not what was trained: never split rows.
-NON_IDENTITY = {"seed", "device", "threads", "gpu_fraction", "compile", "channels_last", "amp", "deterministic",
-                "data_root", "download",
-                "cache_dir", "steps_per_report", "val_subset", "val_columns", "eval_columns", "test_subset",
-                "eval_batch_size", "eps_curve"}
+# Params that describe how a trial ran, not what was trained, never split rows: the fields
+# TrialConfig marks so (trainable/config.py, HOW).
+NON_IDENTITY = frozenset(config_fields()) - frozenset(identity_fields())
 FLAG_TEXT = {
     "more_steps_help": "PGD100 accuracy above PGD10 by more than 1 point",
     "pfree_gap": "parameter-free attacks (APGD-CE/APGD-T/AutoAttack) more than 5 points below PGD100",
