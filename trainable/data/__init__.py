@@ -4,9 +4,10 @@
 ours and plug-ins'; :func:`load_dataset` reads one into fixed train/validation/test splits
 (:mod:`trainable.data.loading`) through its source (:mod:`trainable.data.sources`).
 """
-from trainable.data.loading import (SPLIT_SEED, BatchSampler, DatasetMissingError, DataSplits, augment, fixed_subset,
+from trainable.data.loading import (SPLIT_SEED, BatchSampler, DataSplits, augment, fixed_subset,
                                     load_dataset, stratified_split)
 from trainable.data.registry import DATASETS, DatasetEntry
+from trainable.errors import DatasetMissingError
 
 __all__ = ["DATASETS", "SPLIT_SEED", "BatchSampler", "DataSplits", "DatasetEntry", "DatasetMissingError", "augment",
            "fixed_subset", "load_dataset", "stratified_split"]

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from trainable.errors import DatasetMissingError
 
 SPLIT_SEED = 20190101  # constant: split indices never depend on a trial's seed
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainable.data.loading import DatasetMissingError, _to_tensor, stratified_split
+from trainable.data.loading import _to_tensor, stratified_split
+from trainable.errors import DatasetMissingError
 
 Parts = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, np.ndarray]
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from trainable.attacks.primitives import AttackPrep, EvalContext, preserve_mode
 from trainable.attacks.registry import COLUMNS, column_of
-from trainable.evaluation.progress import Progress, _Tracker, training_steps  # noqa: F401  (re-exported)
+from trainable.evaluation.progress import _Tracker
 
 def known_columns() -> list[str]:
     """Every registered matrix column (ours and plug-ins'), in the report's order."""
