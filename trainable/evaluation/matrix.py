@@ -24,6 +24,7 @@ from torch import Tensor
 from trainable.attacks.primitives import AttackPrep, EvalContext, preserve_mode
 from trainable.attacks.registry import COLUMNS, column_of
 from trainable.evaluation.progress import _Tracker
+from trainable.models.layout import evaluation_layout
 
 def known_columns() -> list[str]:
     """Every registered matrix column (ours and plug-ins'), in the report's order."""
@@ -184,7 +185,17 @@ def robustness_matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[
     that is also a column of this matrix runs once on every clean-correct point and serves both:
     first on the survivors — exactly the run the cascade alone would make — then on the rest, so
     the composite's per-example result is identical with or without its stage columns and no
-    attack runs twice (docs/method.md §Evaluation)."""
+    attack runs twice (docs/method.md §Evaluation).
+
+    The classifier runs in the memory layout its class measured fastest on this device
+    (:func:`trainable.models.layout.evaluation_layout`), restored afterwards."""
+    with evaluation_layout(model):
+        return _matrix(model, x, y, columns=columns, eps=eps, ctx=ctx, indices=indices, batch_size=batch_size,
+                       masking=masking)
+
+
+def _matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[str, ...] | list[str], eps: float,
+            ctx: EvalContext, indices: np.ndarray | None, batch_size: int, masking: bool) -> MatrixResult:
     t0 = time.perf_counter()
     n = len(y)
     correct: dict[str, np.ndarray] = {}

@@ -44,6 +44,9 @@ class LeNet5(nn.Module):
     in [0, 1]; raw pixels unless `mean`/`std` are given (the authors' and Madry's MNIST
     models take raw pixels; checkpoints of earlier versions carry MNIST statistics)."""
 
+    # evaluated NHWC on a CPU: measured faster for its small convolutions (docs/performance.md)
+    EVAL_CHANNELS_LAST_ON_CPU = True
+
     def __init__(self, in_channels: int = 1, num_classes: int = 10,
                  mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> None:
         super().__init__()
