@@ -8,8 +8,11 @@ process, alternating when --repeats > 1 (medians):
   every clean-correct point (the stage columns), the cascade served from them; this is also the
   sum of our own stages run on all points;
 * the reference — the official AutoAttack (Croce & Hein's code, `pip install pyautoattack`, the
-  `bench` extra), `version="standard"`, the same ε and batch size. Without it installed the
-  reference is "ours with stage columns" and the script says so.
+  `bench` extra), `version="standard"`, the same ε and batch size, the model as the user hands
+  it over (NCHW). Without it installed the reference is "ours with stage columns" and the script
+  says so;
+* for the record, the official code handed the weights stored NHWC — the layout our matrix
+  evaluates LeNet-5 in on a CPU (docs/performance.md): how much of our margin is that layout.
 
 Target: ours alone ≤ 0.7× the reference's time, accuracies within 1.5 points. The script also
 checks that the `autoattack` vector is identical, example by example, in the first two runs.
@@ -63,6 +66,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=1500, help="PGD10-AT training iterations of the model")
     ap.add_argument("--square-queries", type=int, default=5000, help="Square's queries (AutoAttack standard: 5000)")
     ap.add_argument("--repeats", type=int, default=1, help="alternating rounds (medians)")
+    ap.add_argument("--no-official-nhwc", action="store_true",
+                    help="skip the fourth run: the official AutoAttack given the classifier stored NHWC")
     args = ap.parse_args()
     set_threads(args.threads)
     exp = trained_experiment("pgd10_at", iterations=args.iterations, warmup=300)
@@ -88,8 +93,19 @@ def main() -> None:
         results["stages"] = r
         return r.metrics["matrix/autoattack"]
 
+    def official_nhwc() -> float | None:
+        # Where our speed comes from: the official code handed the same weights stored NHWC, the
+        # layout our matrix evaluates LeNet-5 in on a CPU (docs/performance.md, "Evaluation layout").
+        clf.to(memory_format=torch.channels_last)
+        try:
+            return official(clf, x, y, eps, args.batch)
+        finally:
+            clf.to(memory_format=torch.contiguous_format)
+
     runs = {"ours alone": ours_alone, "ours with stage columns": ours_with_stages,
             "official AutoAttack": lambda: official(clf, x, y, eps, args.batch)}
+    if not args.no_official_nhwc:
+        runs["official, weights NHWC"] = official_nhwc
     # Work that load cannot change: examples through the classifier, with an input gradient (≈ 3 forward
     # passes each: forward + backward) or forward only — counted by a hook, the same for both codes.
     work = {"grad": 0, "fwd": 0}
