@@ -22,6 +22,7 @@ alone on every point.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -111,21 +112,27 @@ def distinct_part(exp, x, y, args) -> None:
           f"queries; distinct attacks {tuple(distinct)}")
     # Rounds alternate the whole matrix and the attacks alone, so load drift hits both sides;
     # medians over rounds.
+    # One thread: the process's CPU time is its own work, which load does not inflate as it does wall time.
     walls: list[float] = []
+    cpus: list[float] = []
     alone_runs: dict[str, list[float]] = {c: [] for c in distinct}
+    alone_cpu: dict[str, list[float]] = {c: [] for c in distinct}
     for _ in range(args.repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         res = robustness_matrix(clf, x, y, columns=("natural", *columns), eps=exp.cfg.eps, ctx=ctx,
                                 batch_size=args.batch, masking=False)
         walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
         for col in distinct:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             robustness_matrix(clf, x, y, columns=("natural", col), eps=exp.cfg.eps, ctx=ctx, batch_size=args.batch,
                               masking=False)
             alone_runs[col].append(time.perf_counter() - t)
+            alone_cpu[col].append(time.process_time() - c)
     wall = statistics.median(walls)
     alone = {c: statistics.median(v) for c, v in alone_runs.items()}
     total = sum(alone.values())
+    cpu_total = sum(statistics.median(v) for v in alone_cpu.values())
     print("accuracies: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in res.metrics.items()))
     print(f"medians over {args.repeats} round{'s' if args.repeats != 1 else ''}; in-matrix times from the last round")
     print(f"{'attack':<12} {'alone s':>9} {'in matrix s':>12}")
@@ -137,6 +144,8 @@ def distinct_part(exp, x, y, args) -> None:
                   f"(reused {', '.join(res.profile['composites'][comp]['reused']) or 'nothing'})")
     print(f"matrix wall {wall:.2f} s, sum of distinct attacks {total:.2f} s, ratio {wall / total:.3f}  "
           f"(target ≤ 1.05)")
+    print(f"matrix CPU {statistics.median(cpus):.2f} s, sum of distinct attacks {cpu_total:.2f} s, "
+          f"ratio {statistics.median(cpus) / cpu_total:.3f}; load {' / '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if "autoattack" in columns:
         # The autoattack column in a matrix without its stage columns: the cascade on survivors.
         t = time.perf_counter()
