@@ -76,7 +76,8 @@ def main() -> None:
     eps = exp.cfg.eps
     ctx = EvalContext(cfg=exp.cfg.replace(square_queries=args.square_queries), data=exp.data, device=exp.device,
                       seed=0)
-    print(f"[autoattack] PGD10-AT LeNet-5 ({args.iterations} iterations), {len(y)} test points, eps {eps}, "
+    print(f"[autoattack] {torch.get_num_threads()} torch thread(s); PGD10-AT LeNet-5 ({args.iterations} iterations), "
+          f"{len(y)} test points, eps {eps}, "
           f"batch {args.batch}, Square {args.square_queries} queries; load at start {load()}", flush=True)
 
     results: dict[str, object] = {}

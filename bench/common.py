@@ -19,7 +19,16 @@ CACHE = Path(os.environ.get("L2LDA_BENCH_CACHE", ".cache/l2lda-tune/bench"))
 
 
 def trained_experiment(defense: str, iterations: int, warmup: int = 300, **kw) -> Experiment:
-    """A LeNet-5 on mnist5k trained once and cached (checkpoint under CACHE)."""
+    """A LeNet-5 on mnist5k trained once and cached (checkpoint under CACHE). The bench's torch
+    thread count stays as the bench set it (an Experiment sets its own CPU share)."""
+    threads = torch.get_num_threads()
+    try:
+        return _trained(defense, iterations, warmup, **kw)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _trained(defense: str, iterations: int, warmup: int, **kw) -> Experiment:
     cfg = TrialConfig.from_dict(dict(defense=defense, iterations=iterations, warmup=warmup,
                                      steps_per_report=max(1, iterations + warmup), cache_dir=str(CACHE), **kw))
     key = CACHE / f"{defense}-{iterations}-{warmup}-{hashlib.sha256(cfg.to_json().encode()).hexdigest()[:10]}"
