@@ -54,6 +54,7 @@ EPS, STEP_FRAC, LAM, Z_DIM = 0.3, 0.25, 0.02, 8
 COLUMNS = ("natural", "pgd10", "pgd100")
 AUTHORS_PGD100 = 41.6  # the authors' trainer at this budget, mean of seeds 0 and 1 (docs/method.md)
 ESCAPE_CE, ESCAPE_WINDOW = 0.5, 10
+BN_EPS = 1e-10  # the authors' generator builds its batch norms with ε 1e-10 (set by --bn-eps for both runs)
 
 
 # ----------------------------------------------------------------------------- reference networks
@@ -76,11 +77,11 @@ class RefLeNet(nn.Module):
 
 
 class RefCBN(nn.Module):
-    """Batch norm without affine, then γ_shared + γ[y] and β_shared + β[y]."""
+    """Batch norm without affine (ε as the authors' generator: BN_EPS), then γ_shared + γ[y] and β_shared + β[y]."""
 
     def __init__(self, c: int, classes: int = 10) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm2d(c, affine=False)
+        self.bn = nn.BatchNorm2d(c, eps=BN_EPS, affine=False)
         self.g0, self.b0 = nn.Parameter(torch.randn(c) * 0.02 + 1), nn.Parameter(torch.zeros(c))
         self.g, self.b = nn.Parameter(torch.randn(classes, c) * 0.02), nn.Parameter(torch.zeros(classes, c))
 
@@ -294,14 +295,17 @@ def main() -> None:
                     help="the reference starts from the tool's initial weights and draws the tool's z (seed spread out)")
     ap.add_argument("--gen-objective", default="sum", help="the tool's gen_objective (sum: the authors'; mean)")
     ap.add_argument("--input-norm", default="auto", help="the tool's input_norm (auto: the source's; dataset)")
+    ap.add_argument("--bn-eps", type=float, default=BN_EPS,
+                    help="ε of both generators' batch norms (default the authors' 1e-10; 1e-5 is PyTorch's)")
     ap.add_argument("--cache-dir", default=".cache/l2lda-tune")
     args = ap.parse_args()
+    globals()["BN_EPS"] = args.bn_eps  # read by RefCBN when the reference is built
     if args.paired and args.only:
         ap.error("--paired needs both runs (the reference takes the tool's initial weights and z draws)")
     torch.set_num_threads(1)
     rows: list[dict] = []
     for seed in args.seeds:
-        extra = dict(gen_objective=args.gen_objective, input_norm=args.input_norm)
+        extra = dict(gen_objective=args.gen_objective, input_norm=args.input_norm, gen_bn_eps=args.bn_eps)
         if args.only == "reference":  # the tool's batches without training the tool (its sampler is its own RNG)
             exp, batches = tool_batches(args.clean, args.adv, args.T, args.width, args.batch, seed, args.cache_dir,
                                         **extra)
@@ -319,7 +323,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     print(f"\nL2L-DA, LeNet-5, mnist5k, {args.clean} clean + {args.adv} adversarial iterations, batch {args.batch}, "
           f"T {args.T}, width {args.width}, 500 test points, tool gen_objective={args.gen_objective} "
-          f"input_norm={args.input_norm}; load {' / '.join(f'{v:.2f}' for v in os.getloadavg())}")
+          f"input_norm={args.input_norm}, generator BN ε {args.bn_eps:g}; load {' / '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print("| run | seed | escape | natural | pgd10 | pgd100 | collapse flag | training s |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         flag = "" if r["run"] != "tool" else ("fired at %d" % r["collapse"] if r["collapse"] else "silent")

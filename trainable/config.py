@@ -29,8 +29,8 @@ GEN_OBJECTIVE_CHOICES = ("sum", "mean")  # trainable.generators.losses.GEN_OBJEC
 
 # Fields that artifacts written by earlier versions lack, with the value those versions used
 # (TrialConfig.from_stored): their classifiers normalised by the dataset's statistics, and their
-# generator averaged its loss over the T steps.
-STORED_BEFORE = {"input_norm": "dataset", "gen_objective": "mean"}
+# generator averaged its loss over the T steps and built its batch norms with PyTorch's ε.
+STORED_BEFORE = {"input_norm": "dataset", "gen_objective": "mean", "gen_bn_eps": 1e-5}
 
 
 def default_augment(defense: str, dataset: str) -> bool:
@@ -96,6 +96,7 @@ class TrialConfig:
     z_dim: int = 8
     gen_width: int = 64
     gen_objective: str = "sum"  # sum: Eqs. 6–7 summed over the T steps (authors' code); mean: averaged (paper's Eq. 6)
+    gen_bn_eps: float = 1e-10  # ε of the generator's batch norms: the authors' generator (docs/method.md)
     # --- optimisation ---
     batch_size: int = 100
     iterations: int = 100_000  # adversarial iterations after warm-up
@@ -303,6 +304,7 @@ class TrialConfig:
              f"expected one of {', '.join(INPUT_NORM_CHOICES)}, got {quote(self.input_norm)}")
         need(self.gen_objective in GEN_OBJECTIVE_CHOICES, "gen_objective",
              f"expected one of {', '.join(GEN_OBJECTIVE_CHOICES)}, got {quote(self.gen_objective)}")
+        need(0 < self.gen_bn_eps < 1, "gen_bn_eps", f"must be in (0, 1), got {self.gen_bn_eps}")
         need(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
         need(0 <= self.gpu_fraction, "gpu_fraction", f"must be >= 0, got {self.gpu_fraction}")
         need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "device", f"unknown device {quote(self.device)}")

@@ -1,5 +1,6 @@
 """Per-defense training defaults follow their sources (docs/method.md, "Defaults and their sources")."""
 import pytest
+import torch
 
 from trainable.config import ConfigError, TrialConfig
 from trainable.experiment import Experiment
@@ -44,9 +45,22 @@ def test_generator_objective_defaults_to_the_authors_sum():
         TrialConfig.from_dict({"gen_objective": "max"})
 
 
+def test_generator_batch_norms_use_the_authors_eps():
+    from trainable.defenses.registry import build_generator
+
+    cfg = TrialConfig.from_dict({"dataset": "mnist5k", "defense": "l2lda", "gen_width": 4}).resolved()
+    assert cfg.gen_bn_eps == 1e-10
+    for defense in ("l2lda", "l2l_star"):
+        gen = build_generator(cfg.replace(defense=defense), (1, 28, 28), 10)
+        eps = {m.eps for m in gen.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+        assert eps == {1e-10}, defense
+    with pytest.raises(ConfigError, match="gen_bn_eps"):
+        TrialConfig.from_dict({"gen_bn_eps": 0})
+
+
 def test_a_stored_config_without_the_new_fields_loads_as_it_was_trained():
     cfg = TrialConfig.from_stored({"dataset": "mnist5k", "defense": "l2lda"})
-    assert (cfg.input_norm, cfg.gen_objective) == ("dataset", "mean")
+    assert (cfg.input_norm, cfg.gen_objective, cfg.gen_bn_eps) == ("dataset", "mean", 1e-5)
     cfg = TrialConfig.from_stored({"dataset": "mnist5k", "input_norm": "auto", "gen_objective": "sum"})
     assert (cfg.resolved().input_norm, cfg.gen_objective) == ("none", "sum")
 

@@ -164,7 +164,8 @@ def prepare_l2lda(model: nn.Module, ctx: Any) -> list[tuple[str, Callable[..., T
             gen = copy.deepcopy(ctx.generator)
         else:
             gen = Generator(data.shape, data.num_classes, width=_width(cfg), z_dim=cfg.z_dim,
-                            use_delta=cfg.use_delta, use_label=cfg.use_label, grad_norm=cfg.grad_norm)
+                            use_delta=cfg.use_delta, use_label=cfg.use_label, grad_norm=cfg.grad_norm,
+                            bn_eps=cfg.gen_bn_eps)
         gen = gen.to(ctx.device)
         for p in gen.parameters():
             p.requires_grad_(True)

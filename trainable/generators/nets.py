@@ -16,6 +16,10 @@ from torch import Tensor
 
 from trainable.models.init import authors_init
 
+# ε of the generators' batch norms: the authors' generator builds every one with 1e-10
+# (docs/method.md, "Generator"); TrialConfig.gen_bn_eps carries it per trial.
+BN_EPS = 1e-10
+
 
 class CondBatchNorm2d(nn.Module):
     """Class-conditional batch norm: γ = γ_shared + γ[y], β = β_shared + β[y] (docs/method.md).
@@ -23,9 +27,9 @@ class CondBatchNorm2d(nn.Module):
     γ_shared ~ N(1, 0.02), γ[y] ~ N(0, 0.02), every β = 0 at init.
     """
 
-    def __init__(self, channels: int, num_classes: int) -> None:
+    def __init__(self, channels: int, num_classes: int, eps: float = BN_EPS) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.bn = nn.BatchNorm2d(channels, eps=eps, affine=False)
         self.gamma_shared = nn.Parameter(torch.empty(channels).normal_(1.0, 0.02))
         self.beta_shared = nn.Parameter(torch.zeros(channels))
         self.gamma = nn.Embedding(num_classes, channels)
@@ -42,9 +46,9 @@ class CondBatchNorm2d(nn.Module):
 class PlainBatchNorm2d(nn.Module):
     """Unconditional batch norm (the `use_label` ablation and L2L*), γ ~ N(1, 0.02), β = 0."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, eps: float = BN_EPS) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm2d(channels)
+        self.bn = nn.BatchNorm2d(channels, eps=eps)
         nn.init.normal_(self.bn.weight, 1.0, 0.02)
         nn.init.zeros_(self.bn.bias)
 
@@ -62,7 +66,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, width: int = 64, z_dim: int = 0,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, bn_eps: float = BN_EPS) -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"width: must be >= 1, got {width}")
@@ -75,7 +79,8 @@ class UNet(nn.Module):
         self.up2 = nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False)
         self.up1 = nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False)
         self.out = nn.Conv2d(2 * w, out_channels, 3, 1, 1, bias=False)
-        norm = (lambda c: CondBatchNorm2d(c, num_classes)) if num_classes else PlainBatchNorm2d
+        norm = ((lambda c: CondBatchNorm2d(c, num_classes, bn_eps)) if num_classes
+                else (lambda c: PlainBatchNorm2d(c, bn_eps)))
         self.norm1, self.norm_up2, self.norm_up1 = norm(w), norm(w), norm(w)
         authors_init(self)
 
@@ -136,11 +141,12 @@ class Generator(UNet):
     kind = "l2lda"
 
     def __init__(self, shape: Sequence[int], num_classes: int = 10, *, width: int = 64, z_dim: int = 8,
-                 use_delta: bool = True, use_label: bool = True, grad_norm: bool = True) -> None:
+                 use_delta: bool = True, use_label: bool = True, grad_norm: bool = True,
+                 bn_eps: float = BN_EPS) -> None:
         c = int(shape[0])
         if z_dim < 1:
             raise ValueError(f"z_dim: must be >= 1 for the L2L-DA generator, got {z_dim}")
-        super().__init__(c * (3 if use_delta else 2), c, width, z_dim, num_classes if use_label else None)
+        super().__init__(c * (3 if use_delta else 2), c, width, z_dim, num_classes if use_label else None, bn_eps)
         self.shape, self.num_classes, self.width = tuple(int(s) for s in shape), num_classes, width
         self.use_delta, self.use_label, self.grad_norm = use_delta, use_label, grad_norm
 
@@ -167,9 +173,10 @@ class L2LStarGenerator(UNet):
 
     kind = "l2l_star"
 
-    def __init__(self, shape: Sequence[int], *, width: int = 64, grad_norm: bool = False) -> None:
+    def __init__(self, shape: Sequence[int], *, width: int = 64, grad_norm: bool = False,
+                 bn_eps: float = BN_EPS) -> None:
         c = int(shape[0])
-        super().__init__(2 * c, c, width, 0, None)
+        super().__init__(2 * c, c, width, 0, None, bn_eps)
         self.shape, self.width, self.grad_norm = tuple(int(s) for s in shape), width, grad_norm
 
     def forward(self, x: Tensor, grad: Tensor) -> Tensor:
