@@ -39,8 +39,8 @@ class _Conditional:
         self.rs = np.random.RandomState(seed)
         self.domain = _tune_domain(p)
 
-    def __call__(self, spec: Any) -> Any:
-        cfg = spec.config
+    def __call__(self, config: Any) -> Any:
+        cfg = _trial_config(config)
         if all(_get(cfg, dep) in allowed for dep, allowed in self.p.when):
             v = self.domain.sample(random_state=self.rs)
             return v.item() if hasattr(v, "item") else v
@@ -54,10 +54,17 @@ class _ConditionalValue:
     def __init__(self, p: Param) -> None:
         self.p = p
 
-    def __call__(self, spec: Any) -> Any:
-        if all(_get(spec.config, dep) in allowed for dep, allowed in self.p.when):
+    def __call__(self, config: Any) -> Any:
+        cfg = _trial_config(config)
+        if all(_get(cfg, dep) in allowed for dep, allowed in self.p.when):
             return self.p.values[0]
         return self.p.default
+
+
+def _trial_config(config: Any) -> Any:
+    """The trial's config as Ray hands it to a `sample_from` body: the config dict itself (Ray's
+    current convention), or the older spec wrapper with a ``.config`` that Ray falls back to."""
+    return config.config if hasattr(config, "config") else config
 
 
 def _get(cfg: Any, key: str) -> Any:

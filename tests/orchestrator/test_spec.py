@@ -126,6 +126,24 @@ def test_random_search_conditional_parameter():
     assert again(Spec({"diversity": True})) == v
 
 
+def test_conditional_bodies_take_the_config_dict_as_ray_hands_it(caplog):
+    """Ray calls a `sample_from` body with the config dict and warns once per call for bodies
+    that need its older spec wrapper; ours take the dict (no warning in a sweep's output)."""
+    import logging
+
+    from ray import tune
+
+    s = study(space={"diversity": {"choice": [True, False]},
+                     "lam": {"loguniform": [1e-3, 1.0], "when": {"diversity": True}}},
+              search={"type": "random", "seed": 1})
+    domain = tune.sample_from(_Conditional(s.params["lam"], seed=1))
+    with caplog.at_level(logging.WARNING):
+        on = domain.sample(config={"diversity": True})
+        off = domain.sample(config={"diversity": False})
+    assert 1e-3 <= on <= 1.0 and off is None
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+
+
 def test_describe_study_names_count_resources_and_cost():
     text = describe_study(load_spec("baselines"))
     assert "trials: 18" in text and "0.25 GPU" in text and "iterations" in text and "cost:" in text
