@@ -8,7 +8,7 @@ own LeNet-5 and U-Net generator, its own rollout, losses and updates, following 
 conventions (ĝ normalised per sample and channel by ‖g + 1e-15‖₂, the doubled batch with z1,
 z2 fixed over the T steps, CE and the diversity ratio summed over the T mini-steps,
 grad-norm clip 1.0 on both networks in the adversarial phase, one classifier CE over
-[x ; x_adv(z1) ; x_adv(z2)]). Both see the same batches in the same order (the reference
+[x ; x_adv(z1) ; x_adv(z2)], the generator's batch norms with ε 1e-10). Both see the same batches in the same order (the reference
 replays the tool's sampler) and are evaluated with the tool's PGD10 and PGD100 on the same
 fixed test points.
 
