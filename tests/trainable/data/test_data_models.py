@@ -103,7 +103,7 @@ def test_normalisation_follows_the_source_and_is_a_buffer_inside_the_model():
 def test_lenet_takes_the_authors_init():
     m = build_classifier("lenet5", "mnist5k")
     for conv in (m.conv1, m.conv2, m.conv3):
-        assert abs(float(conv.weight.std()) - 0.02) < 0.005 and not conv.bias.any()
+        assert abs(float(conv.weight.detach().std()) - 0.02) < 0.005 and not conv.bias.any()
     for fc in (m.fc1, m.fc2):  # xavier-uniform: |w| ≤ sqrt(6 / (fan_in + fan_out))
         bound = (6 / (fc.in_features + fc.out_features)) ** 0.5
         assert float(fc.weight.abs().max()) <= bound and not fc.bias.any()
