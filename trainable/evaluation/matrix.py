@@ -24,7 +24,7 @@ from torch import Tensor
 from trainable.attacks.primitives import AttackPrep, EvalContext, preserve_mode
 from trainable.attacks.registry import COLUMNS, column_of
 from trainable.evaluation.progress import _Tracker
-from trainable.models.layout import evaluation_layout
+from trainable.models.layout import evaluation_layout, layout_of
 
 def known_columns() -> list[str]:
     """Every registered matrix column (ours and plug-ins'), in the report's order."""
@@ -348,6 +348,7 @@ def _matrix(model: nn.Module, x: Tensor, y: Tensor, *, columns: tuple[str, ...] 
         "n": n,
         "test_indices": (indices if indices is not None else np.arange(n)).tolist(),
         "seed": ctx.seed,
+        "layout": layout_of(model),  # the classifier's memory layout during the evaluation (docs/performance.md)
     }
     if composites:
         profile["composites"] = composites

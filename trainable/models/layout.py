@@ -25,9 +25,15 @@ def prefers_channels_last(model: nn.Module) -> bool:
     if not weights or any(w.device.type != "cpu" for w in weights):
         return False
     # already NHWC (a trial trained with channels_last): nothing to change
-    # (a one-channel weight is both; the others tell)
-    nhwc = all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
-    return not (nhwc and not all(w.is_contiguous() for w in weights))
+    return layout_of(model) != "channels_last"
+
+
+def layout_of(model: nn.Module) -> str:
+    """"channels_last" when the model's convolution weights are stored NHWC, else "contiguous"
+    (recorded in every robustness matrix's profile)."""
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    nhwc = bool(weights) and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    return "channels_last" if nhwc and not all(w.is_contiguous() for w in weights) else "contiguous"
 
 
 @contextmanager

@@ -55,10 +55,14 @@ def test_the_matrix_gives_the_classifier_back_and_agrees_with_an_nchw_evaluation
     def matrix():
         return robustness_matrix(model, x, y, columns=["pgd10"], eps=0.3, ctx=ctx, masking=False).correct
 
-    nhwc = matrix()
+    res = robustness_matrix(model, x, y, columns=["pgd10"], eps=0.3, ctx=ctx, masking=False)
+    assert res.profile["layout"] == "channels_last"  # recorded with the result
+    nhwc = res.correct
     assert all(p.is_contiguous() for p in model.parameters())
     monkeypatch.setattr(type(model), "EVAL_CHANNELS_LAST_ON_CPU", False)
     nchw = matrix()
+    assert robustness_matrix(model, x, y, columns=["natural"], eps=0.3, ctx=ctx,
+                             masking=False).profile["layout"] == "contiguous"
     np.testing.assert_array_equal(nhwc["natural"], nchw["natural"])
     # the same attack, only the convolution kernels differ: at most a borderline point may flip
     assert (nhwc["pgd10"] != nchw["pgd10"]).sum() <= 1
