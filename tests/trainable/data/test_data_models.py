@@ -106,7 +106,7 @@ def test_lenet_takes_the_authors_init():
         assert abs(float(conv.weight.detach().std()) - 0.02) < 0.005 and not conv.bias.any()
     for fc in (m.fc1, m.fc2):  # xavier-uniform: |w| ≤ sqrt(6 / (fan_in + fan_out))
         bound = (6 / (fc.in_features + fc.out_features)) ** 0.5
-        assert float(fc.weight.abs().max()) <= bound and not fc.bias.any()
+        assert float(fc.weight.detach().abs().max()) <= bound and not fc.bias.any()
 
 
 def test_augment_crops_on_device_and_keeps_range():
