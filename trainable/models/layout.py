@@ -29,8 +29,8 @@ def prefers_channels_last(model: nn.Module) -> bool:
 
 
 def layout_of(model: nn.Module) -> str:
-    """"channels_last" when the model's convolution weights are stored NHWC, else "contiguous"
-    (recorded in every robustness matrix's profile)."""
+    """The memory layout of the model's convolution weights: ``channels_last`` when they are stored
+    NHWC, else ``contiguous`` (recorded in every robustness matrix's profile)."""
     weights = [p for p in model.parameters() if p.dim() == 4]
     nhwc = bool(weights) and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
     return "channels_last" if nhwc and not all(w.is_contiguous() for w in weights) else "contiguous"
