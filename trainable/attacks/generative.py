@@ -163,9 +163,7 @@ def prepare_l2lda(model: nn.Module, ctx: Any) -> list[tuple[str, Callable[..., T
         if own:
             gen = copy.deepcopy(ctx.generator)
         else:
-            gen = Generator(data.shape, data.num_classes, width=_width(cfg), z_dim=cfg.z_dim,
-                            use_delta=cfg.use_delta, use_label=cfg.use_label, grad_norm=cfg.grad_norm,
-                            bn_eps=cfg.gen_bn_eps)
+            gen = Generator.from_config(cfg, data.shape, data.num_classes, width=_width(cfg))
         gen = gen.to(ctx.device)
         for p in gen.parameters():
             p.requires_grad_(True)

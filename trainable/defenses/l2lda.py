@@ -97,11 +97,10 @@ class L2LStarDefense(_GeneratorDefense):
 
 def l2lda_generator(cfg: Any, shape: Sequence[int], num_classes: int, *, width: int) -> Generator:
     """L2L-DA's generator with the trial's ablation flags (z_dim, use_delta, use_label, grad_norm)."""
-    return Generator(shape, num_classes, width=width, z_dim=cfg.z_dim, use_delta=cfg.use_delta,
-                     use_label=cfg.use_label, grad_norm=cfg.grad_norm, bn_eps=cfg.gen_bn_eps)
+    return Generator.from_config(cfg, shape, num_classes, width=width)
 
 
 def l2lstar_generator(cfg: Any, shape: Sequence[int], num_classes: int, *, width: int) -> L2LStarGenerator:
     """L2L*'s generator: it reads the raw input gradient, by definition of L2L* (docs/method.md)."""
-    return L2LStarGenerator(shape, width=width, grad_norm=False, bn_eps=cfg.gen_bn_eps)
+    return L2LStarGenerator.from_config(cfg, shape, width=width)
 

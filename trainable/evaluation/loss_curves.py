@@ -141,8 +141,7 @@ def compute_figure2(model: nn.Module, cfg: Any, data: Any, *, generator: nn.Modu
         gen_da, sources["l2lda"] = copy.deepcopy(generator).eval(), "trial generator (not fine-tuned)"
     else:
         with _forked_rng(device, _seed(seed, "figure2/l2lda")):
-            gen_da = Generator(data.shape, data.num_classes, width=width, z_dim=cfg.z_dim, use_delta=cfg.use_delta,
-                               use_label=cfg.use_label, grad_norm=cfg.grad_norm, bn_eps=cfg.gen_bn_eps).to(device)
+            gen_da = Generator.from_config(cfg, data.shape, data.num_classes, width=width).to(device)
             clock.stage(f"training an L2L-DA generator for {cfg.gen_attack_steps} steps")
             t_da = clock.mark()
             train_l2lda_attacker(gen_da, model, data.train_x, data.train_y, steps=cfg.gen_attack_steps,
@@ -156,7 +155,7 @@ def compute_figure2(model: nn.Module, cfg: Any, data: Any, *, generator: nn.Modu
         gen_l2l, sources["l2l"] = copy.deepcopy(generator).eval(), "trial L2L* generator"
     else:
         with _forked_rng(device, _seed(seed, "figure2/l2l")):
-            gen_l2l = L2LStarGenerator(data.shape, width=width, bn_eps=cfg.gen_bn_eps).to(device)  # raw gradient, as L2L* is defined
+            gen_l2l = L2LStarGenerator.from_config(cfg, data.shape, width=width).to(device)
             clock.stage(f"training an L2L* generator for {cfg.gen_attack_steps} steps")
             t_l2l = clock.mark()
             train_l2lstar_attacker(gen_l2l, model, data.train_x, data.train_y, steps=cfg.gen_attack_steps,

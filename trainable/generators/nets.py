@@ -7,7 +7,7 @@ The recursion that runs them is :mod:`trainable.generators.rollout` (Eq. 5).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -150,6 +150,13 @@ class Generator(UNet):
         self.shape, self.num_classes, self.width = tuple(int(s) for s in shape), num_classes, width
         self.use_delta, self.use_label, self.grad_norm = use_delta, use_label, grad_norm
 
+    @classmethod
+    def from_config(cls, cfg: Any, shape: Sequence[int], num_classes: int, *, width: int) -> "Generator":
+        """The generator a trial's config describes (its ablation flags and batch-norm ε), at `width`:
+        the trial's own, the `l2lda` column's attacker and Figure 2's are all built here."""
+        return cls(shape, num_classes, width=width, z_dim=cfg.z_dim, use_delta=cfg.use_delta,
+                   use_label=cfg.use_label, grad_norm=cfg.grad_norm, bn_eps=cfg.gen_bn_eps)
+
     def forward(self, x: Tensor, grad: Tensor, delta: Tensor | None, z: Tensor, y: Tensor | None = None) -> Tensor:
         parts = [x, grad, delta] if self.use_delta else [x, grad]
         if self.use_delta and delta is None:
@@ -178,6 +185,12 @@ class L2LStarGenerator(UNet):
         c = int(shape[0])
         super().__init__(2 * c, c, width, 0, None, bn_eps)
         self.shape, self.width, self.grad_norm = tuple(int(s) for s in shape), width, grad_norm
+
+    @classmethod
+    def from_config(cls, cfg: Any, shape: Sequence[int], *, width: int) -> "L2LStarGenerator":
+        """L2L* as a trial's config describes it: the raw input gradient (by definition of L2L*,
+        docs/method.md) and the config's batch-norm ε."""
+        return cls(shape, width=width, grad_norm=False, bn_eps=cfg.gen_bn_eps)
 
     def forward(self, x: Tensor, grad: Tensor) -> Tensor:
         return self.body(torch.cat([x, grad], 1))
